@@ -1,0 +1,99 @@
+"""dife: Dense Interspecies Face Embedding (Yang et al., NeurIPS 2022).
+
+A small encoder maps every pixel of a face photo (human, dog, cat, ...) to a
+16-d vector shared across species. The public API is re-exported here and
+imported lazily, so ``import dife`` stays fast and pulls in no torch until a
+name that needs it is used.
+
+Example:
+    >>> import dife
+    >>> pts = dife.transfer_keypoints("human.jpg", "cat.jpg", [[120, 140]])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    # model and configuration
+    "DIFE": "dife.modeling.dife",
+    "DIFEConfig": "dife.config",
+    # errors
+    "DIFEError": "dife.errors",
+    "InputError": "dife.errors",
+    "ShapeError": "dife.errors",
+    "ImageError": "dife.errors",
+    "KeypointError": "dife.errors",
+    "UnknownDomainError": "dife.errors",
+    "CheckpointError": "dife.errors",
+    "ModelNotFoundError": "dife.errors",
+    # coordinates and images
+    "CropTransform": "dife.coords",
+    "square_crop": "dife.coords",
+    "load_image": "dife.images",
+    # inference
+    "Embedding": "dife.embedding",
+    "embed": "dife.embedding",
+    "transfer_keypoints": "dife.transfer",
+    "transfer_dense": "dife.transfer",
+    "DenseCorrespondence": "dife.transfer",
+    "KeypointScores": "dife.transfer",
+    "parse_face": "dife.parsing",
+    "FaceParser": "dife.parsing",
+    "kmeans": "dife.parsing",
+    "overlay": "dife.overlay",
+    "Asset": "dife.overlay",
+    "load_asset": "dife.overlay",
+    # models
+    "get_default_model": "dife.defaults",
+    "set_default_model": "dife.defaults",
+    "list_models": "dife.registry",
+    # visual helpers
+    "embedding_to_rgb": "dife.viz",
+    "draw_keypoints": "dife.viz",
+    "draw_matches": "dife.viz",
+    "draw_parts": "dife.viz",
+}
+
+__all__ = sorted([*_LAZY, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dife' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from dife.config import DIFEConfig
+    from dife.coords import CropTransform, square_crop
+    from dife.defaults import get_default_model, set_default_model
+    from dife.embedding import Embedding, embed
+    from dife.errors import (
+        CheckpointError,
+        DIFEError,
+        ImageError,
+        InputError,
+        KeypointError,
+        ModelNotFoundError,
+        ShapeError,
+        UnknownDomainError,
+    )
+    from dife.images import load_image
+    from dife.modeling.dife import DIFE
+    from dife.overlay import Asset, load_asset, overlay
+    from dife.parsing import FaceParser, kmeans, parse_face
+    from dife.registry import list_models
+    from dife.transfer import DenseCorrespondence, KeypointScores, transfer_dense, transfer_keypoints
+    from dife.viz import draw_keypoints, draw_matches, draw_parts, embedding_to_rgb
