@@ -1,0 +1,57 @@
+"""Shared test fixtures: paths to ../shared, tiny models, small images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+FIXTURES = SHARED / "fixtures"
+FACES = SHARED / "data" / "faces"
+UNLABELED = SHARED / "data" / "unlabeled"
+
+
+def need(path: Path) -> Path:
+    """Skip the calling test, with a reason, when a ../shared path is absent."""
+    if not path.exists():
+        pytest.skip(f"{path} not found (the ../shared folder beside the checkout is needed)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return need(FIXTURES)
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    return need(FACES)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from dife.config import DIFEConfig
+
+    return DIFEConfig(
+        embed_dim=16,
+        domains=("human", "dog"),
+        converter_dim=32,
+        converter_hidden=32,
+        planes_conv1=16,
+        planes_block=16,
+        planes_hg=16,
+        num_blocks=1,
+        depth=4,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config):
+    import torch
+
+    from dife.modeling import DIFE
+
+    torch.manual_seed(0)
+    return DIFE(tiny_config).eval()
