@@ -1,0 +1,467 @@
+"""Dense embeddings of face images: :func:`embed` and the :class:`Embedding` result.
+
+:func:`embed` is the numpy / PIL layer over the batched torch core: it reads
+images of any accepted type (:mod:`dife.images`), applies the crop rule of
+:func:`dife.coords.square_crop` (:func:`prepare`), runs the network in chunks
+and L2-normalises the per-pixel descriptors.
+
+Resampling is exactly consistent with :class:`dife.coords.CropTransform`: grid
+pixel ``j`` holds the image bilinearly sampled at
+``x_img = (j + 0.5) * side / size + left - 0.5`` (zero, i.e. black, outside the
+image). When the crop is shrunk by more than 2x, the image is first averaged
+over ``k x k`` blocks (``k = floor(side / size)``), with the sampling positions
+adjusted analytically so that the same formula still holds.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dife.config import DIFEConfig
+from dife.coords import CropTransform, check_points_inside, grid_to_normalized, square_crop
+from dife.errors import InputError, KeypointError, ShapeError
+from dife.images import load_image, split_images
+
+if TYPE_CHECKING:
+    from dife.modeling.dife import DIFE
+
+__all__ = ["Embedding", "embed", "prepare", "resample_crop", "normalize_boxes"]
+
+
+# ---------------------------------------------------------------- preprocessing
+def _is_box(box: Any) -> bool:
+    """True for one box: 4 numbers (list, tuple, 1-d array or tensor)."""
+    if isinstance(box, (torch.Tensor, np.ndarray)):
+        return box.ndim == 1 and box.shape[0] == 4
+    if isinstance(box, (list, tuple)) and len(box) == 4:
+        return all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in box)
+    return False
+
+
+def normalize_boxes(boxes: Any, n: int) -> list[Any]:
+    """One box (or ``None``) per image.
+
+    Args:
+        boxes: ``None`` (no box for any image); one box ``(x0, y0, x1, y1)``
+            when ``n == 1``; or a sequence (list, (n, 4) array / tensor) with
+            one box or ``None`` per image.
+        n: Number of images.
+
+    Returns:
+        A list of ``n`` entries, each a box (4 floats) or ``None``.
+
+    Raises:
+        InputError: when the number of boxes does not match the images, or
+            an entry is not a box.
+        ShapeError: for a box array of the wrong shape.
+    """
+    if boxes is None:
+        return [None] * n
+    if _is_box(boxes):
+        if n != 1:
+            raise InputError(
+                f"got one box {_fmt_box(boxes)} for {n} images; pass a list with one box (or None) per image"
+            )
+        return [_to_box(boxes, "box")]
+    if isinstance(boxes, (torch.Tensor, np.ndarray)):
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ShapeError(f"boxes must have shape (4,) or (N, 4) as (x0, y0, x1, y1), got {tuple(boxes.shape)}")
+        boxes = list(boxes)
+    if not isinstance(boxes, (list, tuple)):
+        raise InputError(f"box must be None, (x0, y0, x1, y1) or a list of them, got {type(boxes).__name__}")
+    if len(boxes) != n:
+        raise InputError(f"got {len(boxes)} boxes for {n} images; pass one box (or None) per image")
+    return [None if b is None else _to_box(b, f"boxes[{i}]") for i, b in enumerate(boxes)]
+
+
+def _fmt_box(box: Any) -> str:
+    try:
+        return "(" + ", ".join(f"{float(v):g}" for v in box) + ")"
+    except (TypeError, ValueError):
+        return repr(box)
+
+
+def _to_box(box: Any, what: str) -> tuple[float, float, float, float]:
+    if not _is_box(box):
+        shape = f"shape {tuple(box.shape)}" if isinstance(box, (torch.Tensor, np.ndarray)) else repr(box)
+        raise InputError(f"{what} must be None or 4 numbers (x0, y0, x1, y1) in edge coordinates, got {shape}")
+    vals = box.tolist() if isinstance(box, (torch.Tensor, np.ndarray)) else box
+    return tuple(float(v) for v in vals)  # type: ignore[return-value]
+
+
+def _antialias_factor(scale: float) -> int:
+    """Integer block size used to pre-average before bilinear sampling (1 = none)."""
+    return int(math.floor(scale)) if scale > 2.0 else 1
+
+
+def _window(image: torch.Tensor, x0: int, y0: int, w: int, h: int) -> torch.Tensor:
+    """Pixels ``[y0, y0 + h) x [x0, x0 + w)`` of (C, H, W) ``image``, zero (black) outside it."""
+    _, H, W = image.shape
+    if x0 >= 0 and y0 >= 0 and x0 + w <= W and y0 + h <= H:
+        return image[:, y0 : y0 + h, x0 : x0 + w]
+    out = image.new_zeros((image.shape[0], h, w))
+    sx0, sy0 = max(x0, 0), max(y0, 0)
+    sx1, sy1 = min(x0 + w, W), min(y0 + h, H)
+    if sx1 > sx0 and sy1 > sy0:
+        out[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[:, sy0:sy1, sx0:sx1]
+    return out
+
+
+def resample_crop(image: torch.Tensor, transform: CropTransform) -> torch.Tensor:
+    """Resample the square crop of one image to the network grid.
+
+    Grid pixel ``(i, j)`` (row, column) holds the image bilinearly sampled at
+    ``transform.to_image((j, i))``, with black outside the image. When
+    ``transform.scale > 2`` the image is first averaged over ``k x k`` blocks,
+    ``k = floor(scale)`` (anti-aliasing); the sampling positions are mapped to
+    the averaged image exactly, so for a linear image the result equals the
+    image at ``to_image`` up to float error.
+
+    Args:
+        image: (C, H, W) float tensor, ``W == transform.width`` and
+            ``H == transform.height``.
+        transform: The crop, from :func:`dife.coords.square_crop`.
+
+    Returns:
+        (C, size, size) tensor on the image's device and dtype.
+    """
+    _, H, W = image.shape
+    if (W, H) != (transform.width, transform.height):
+        raise ShapeError(f"image is {W}x{H} but the crop transform is for {transform.width}x{transform.height}")
+    S = transform.size
+    k = _antialias_factor(transform.scale)
+    left, top, side = transform.left, transform.top, transform.side
+    if k == 1:
+        src = image
+    else:
+        # Only the part of the image the crop touches (plus a k-pixel margin),
+        # aligned so that blocks of k pixels can be averaged; black outside.
+        x0 = math.floor(left) - k
+        y0 = math.floor(top) - k
+        w = math.ceil((math.ceil(left + side) + k - x0) / k) * k
+        h = math.ceil((math.ceil(top + side) + k - y0) / k) * k
+        win = _window(image, x0, y0, w, h)
+        src = F.avg_pool2d(win[None], k, stride=k)[0]
+        # Edge coordinates scale by 1/k: window edge e <-> averaged edge e / k.
+        left, top, side = (left - x0) / k, (top - y0) / k, side / k
+    Hs, Ws = src.shape[-2:]
+    j = torch.arange(S, dtype=torch.float64, device=image.device) + 0.5
+    xs = j * (side / S) + left - 0.5  # pixel-centre coordinates in src
+    ys = j * (side / S) + top - 0.5
+    gx = grid_to_normalized(xs, Ws)
+    gy = grid_to_normalized(ys, Hs)
+    grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1).to(src.dtype)
+    out = F.grid_sample(src[None], grid[None], mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out[0]
+
+
+def _crop_one(
+    image: Any, box: Any, size: int, device: str | torch.device | None, what: str
+) -> tuple[torch.Tensor, CropTransform]:
+    """Crop rule + resampling for one (3, H, W) image; errors name ``what``."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ShapeError(f"{what} must be a (3, H, W) tensor (use dife.images.load_image), got {shape}")
+    H, W = int(image.shape[1]), int(image.shape[2])
+    try:
+        t = square_crop(W, H, size, box)
+    except InputError as e:
+        raise type(e)(f"{what}: {e}") from None
+    image = image.to(device=device if device is not None else image.device, dtype=torch.float32)
+    return resample_crop(image, t), t
+
+
+def _normalize(x: torch.Tensor, config: DIFEConfig) -> torch.Tensor:
+    mean = x.new_tensor(config.mean).view(1, 3, 1, 1)
+    std = x.new_tensor(config.std).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def prepare(
+    images: Sequence[torch.Tensor],
+    boxes: Any,
+    config: DIFEConfig,
+    *,
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, list[CropTransform]]:
+    """Crop, resize and normalise images into a network batch.
+
+    Args:
+        images: (3, H, W) float tensors in [0, 1] (from :func:`dife.images.load_images`).
+        boxes: ``None``, one face box ``(x0, y0, x1, y1)`` (edge coordinates)
+            for a single image, or one box / ``None`` per image.
+        config: Model config: ``input_size`` (S), ``mean``, ``std``.
+        device: Where to resample (each image is moved there one at a time);
+            default: each image's own device.
+
+    Returns:
+        ``(x, transforms)``: ``x`` is (B, 3, S, S) float32, ``(rgb - mean) / std``
+        ([-1, 1] for the default mean/std), black (0) outside the image before
+        normalisation; ``transforms`` has one :class:`CropTransform` per image.
+
+    Raises:
+        InputError: wrong number of boxes, degenerate or non-overlapping box.
+        ShapeError: an image that is not (3, H, W).
+    """
+    images = list(images)
+    if not images:
+        raise InputError("prepare needs at least one image")
+    box_list = normalize_boxes(boxes, len(images))
+    single = len(images) == 1
+    crops, transforms = [], []
+    for i, (img, box) in enumerate(zip(images, box_list)):
+        what = ("box" if box is not None else "image") if single else (f"boxes[{i}]" if box is not None else f"images[{i}]")
+        crop, t = _crop_one(img, box, int(config.input_size), device, what)
+        crops.append(crop)
+        transforms.append(t)
+    return _normalize(torch.stack(crops), config), transforms
+
+
+# -------------------------------------------------------------------- result
+@dataclass
+class Embedding:
+    """Dense, L2-normalised embeddings of a batch of images, with their crops.
+
+    Attributes:
+        features: (B, C, S, S) float32, unit L2 norm along C (``C`` is the
+            model's ``embed_dim``, ``S`` its ``input_size``).
+        transforms: One :class:`CropTransform` per image, mapping image pixel
+            coordinates to grid coordinates and back.
+    """
+
+    features: torch.Tensor
+    transforms: list[CropTransform]
+
+    def __post_init__(self) -> None:
+        f = self.features
+        if not isinstance(f, torch.Tensor) or f.ndim != 4:
+            shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+            raise ShapeError(f"Embedding.features must be (B, C, S, S), got {shape}")
+        self.transforms = list(self.transforms)
+        if len(self.transforms) != f.shape[0]:
+            raise InputError(f"Embedding has {f.shape[0]} feature maps but {len(self.transforms)} transforms")
+
+    # -- container
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def __getitem__(self, index: int | slice) -> "Embedding":
+        """The embedding of image ``index`` (a batch of 1) or of a slice of images."""
+        if isinstance(index, slice):
+            return Embedding(self.features[index], self.transforms[index])
+        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+            i = int(index)
+            n = len(self)
+            if not -n <= i < n:
+                raise IndexError(f"image index {i} out of range for an Embedding of {n} images")
+            i %= n
+            return Embedding(self.features[i : i + 1], [self.transforms[i]])
+        raise InputError(f"Embedding indices must be int or slice, got {type(index).__name__}")
+
+    @property
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """``(width, height)`` of each original image."""
+        return [(t.width, t.height) for t in self.transforms]
+
+    @property
+    def grid_size(self) -> int:
+        """Side ``S`` of the square feature grid."""
+        return int(self.features.shape[-1])
+
+    @property
+    def dim(self) -> int:
+        """Descriptor dimension ``C``."""
+        return int(self.features.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        """Device of :attr:`features`."""
+        return self.features.device
+
+    def to(self, device: str | torch.device) -> "Embedding":
+        """A copy with :attr:`features` on ``device``."""
+        return Embedding(self.features.to(device), list(self.transforms))
+
+    def numpy(self) -> np.ndarray:
+        """:attr:`features` as a (B, C, S, S) float32 numpy array."""
+        return self.features.detach().to("cpu", torch.float32).numpy()
+
+    # -- coordinates
+    def _index(self, i: int) -> int:
+        if not isinstance(i, (int, np.integer)) or isinstance(i, bool) or not -len(self) <= int(i) < len(self):
+            raise InputError(f"image index {i!r} out of range for an Embedding of {len(self)} images")
+        return int(i) % len(self)
+
+    def _transform(self, i: int) -> CropTransform:
+        return self.transforms[self._index(i)]
+
+    @staticmethod
+    def _points(points: Any) -> Any:
+        if isinstance(points, torch.Tensor):
+            pts = points if points.is_floating_point() else points.double()
+        else:
+            pts = np.asarray(points, dtype=np.float64)
+        if pts.ndim < 1 or pts.shape[-1] != 2:
+            raise ShapeError(f"points must have shape (..., 2) as (x, y) pairs, got {tuple(pts.shape)}")
+        return pts
+
+    def to_grid(self, points: Any, i: int = 0) -> Any:
+        """Image pixel coordinates (..., 2) of image ``i`` -> grid coordinates (..., 2)."""
+        return self._transform(i).to_grid(self._points(points))
+
+    def to_image(self, points: Any, i: int = 0) -> Any:
+        """Grid pixel coordinates (..., 2) -> image pixel coordinates (..., 2) of image ``i``."""
+        return self._transform(i).to_image(self._points(points))
+
+    def sample(self, points: Any, i: int = 0) -> torch.Tensor:
+        """Descriptors at image pixel points of image ``i``.
+
+        Bilinear interpolation of the feature grid at ``to_grid(points)``,
+        re-normalised to unit length. At a grid-pixel centre it returns that
+        pixel's feature.
+
+        Args:
+            points: (..., 2) ``(x, y)`` pixel coordinates in the original image
+                (numpy, list or tensor).
+            i: Index of the image in the batch.
+
+        Returns:
+            (..., C) float32 tensor on :attr:`device`, unit L2 norm.
+
+        Raises:
+            ShapeError: points not of shape (..., 2).
+            KeypointError: points outside the image, or outside the square
+                crop the network saw (use a face box that covers them).
+        """
+        i = self._index(i)
+        t = self.transforms[i]
+        pts_in = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else points
+        pts = check_points_inside(pts_in, t.width, t.height, what="points")
+        inside = t.contains(pts)
+        if not np.all(inside):
+            idx = tuple(int(v) for v in np.argwhere(~inside)[0])
+            x, y = pts[idx]
+            raise KeypointError(
+                f"points[{', '.join(map(str, idx))}] = ({x:g}, {y:g}) lies outside the square crop the network saw "
+                f"(edges x {t.left:g}..{t.left + t.side:g}, y {t.top:g}..{t.top + t.side:g}); pass a face box that covers it"
+            )
+        lead = pts.shape[:-1]
+        g = grid_to_normalized(t.to_grid(pts.reshape(-1, 2)), t.size)
+        grid = torch.as_tensor(g, dtype=self.features.dtype, device=self.features.device).view(1, 1, -1, 2)
+        fmap = self.features[i : i + 1]
+        out = F.grid_sample(fmap, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out = F.normalize(out[0, :, 0].t(), dim=-1)
+        return out.reshape(*lead, self.dim)
+
+
+# ------------------------------------------------------------------------ embed
+def _resolve(model: Any) -> "DIFE":
+    from dife.modeling.dife import DIFE
+
+    if isinstance(model, DIFE):
+        return model
+    if model is None or isinstance(model, (str, os.PathLike)):
+        from dife.defaults import resolve_model
+
+        return resolve_model(model)
+    raise InputError(f"model must be a DIFE instance, a model name / path, or None, got {type(model).__name__}")
+
+
+def embed(
+    images: Any,
+    *,
+    box: Any = None,
+    model: "DIFE | str | None" = None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> Embedding:
+    """Dense, L2-normalised embeddings of one or more face images.
+
+    Images are read (:func:`dife.images.load_image`), cropped with the crop
+    rule (:func:`dife.coords.square_crop`) and resized to the model's input
+    size one chunk of ``batch_size`` at a time, so long lists of large images
+    never sit in memory at full resolution all together.
+
+    Args:
+        images: One image (path, PIL image, numpy (H, W[, 3]) array, torch
+            (3, H, W) tensor), a list / tuple of them, a torch (B, 3, H, W)
+            tensor or a numpy (B, H, W, 3) array.
+        box: Optional face box ``(x0, y0, x1, y1)`` in edge coordinates (one
+            image), or one box / ``None`` per image. Without a box the centred
+            square of side ``min(W, H)`` is used.
+        model: A :class:`~dife.modeling.dife.DIFE`, a registry name / path, or
+            ``None`` for the default model.
+        batch_size: Images per forward pass (>= 1).
+        device: Where to run; default the model's device. If the model lives
+            elsewhere a copy of it is moved there (the given model is not changed).
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        An :class:`Embedding` with one entry per image (length 1 for a single
+        image), ``features`` (B, embed_dim, S, S) on ``device``.
+
+    Raises:
+        ImageError, ShapeError, InputError: for unreadable images, bad boxes
+            or arguments (messages name the image index and the bad value).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    net = _resolve(model)
+    sources, batched = split_images(images)
+    n = len(sources)
+    boxes = normalize_boxes(box, n)
+    try:
+        dev = torch.device(device) if device is not None else net.device
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"invalid device {device!r}: {e}") from None
+    if dev != net.device and not (dev.type == net.device.type and dev.index is None):
+        net = copy.deepcopy(net).to(dev)
+    dtype = next(net.parameters()).dtype
+    config = net.config
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, unit="img", desc="dife.embed")
+    S = int(config.input_size)
+    # Allocated outside inference mode so that callers may use it with autograd.
+    features = torch.empty((n, int(config.embed_dim), S, S), dtype=torch.float32, device=dev)
+    transforms: list[CropTransform] = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, n, int(batch_size)):
+                stop = min(start + int(batch_size), n)
+                crops = []
+                for j in range(start, stop):
+                    name = f"images[{j}]" if batched else "image"
+                    img = load_image(sources[j], what=name)
+                    what = name if boxes[j] is None else (f"boxes[{j}]" if batched else "box")
+                    crop, t = _crop_one(img, boxes[j], S, dev, what)
+                    del img  # keep at most one full-resolution image alive
+                    crops.append(crop)
+                    transforms.append(t)
+                x = _normalize(torch.stack(crops), config).to(dtype)
+                out = net(x)
+                if out.shape != (stop - start, features.shape[1], S, S):
+                    raise ShapeError(
+                        f"the model returned {tuple(out.shape)} for input {tuple(x.shape)}; "
+                        f"expected {(stop - start, features.shape[1], S, S)} (config.embed_dim x input_size)"
+                    )
+                features[start:stop] = F.normalize(out.float(), dim=1)
+                if bar is not None:
+                    bar.update(stop - start)
+    finally:
+        if bar is not None:
+            bar.close()
+    return Embedding(features, transforms)
+

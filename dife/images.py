@@ -1,0 +1,287 @@
+"""Reading images of every accepted type into one tensor layout, with limits.
+
+Every image that enters dife goes through :func:`load_image`, which returns a
+float32 CPU tensor of shape (3, H, W) with values in [0, 1]. Accepted inputs:
+
+* a path (``str`` or :class:`os.PathLike`) to an image file that Pillow can
+  read; the EXIF orientation tag is applied (:func:`PIL.ImageOps.exif_transpose`),
+  so keypoints refer to the image as viewers display it;
+* a :class:`PIL.Image.Image` of any mode, taken as stored (no EXIF rotation:
+  the caller already holds the pixels it sees);
+* a numpy array: (H, W, 3) or (H, W, 4) RGB(A), (H, W, 1) or (H, W) grayscale,
+  either ``uint8`` (0..255) or float (values in [0, 1]);
+* a torch tensor (3, H, W) or (1, H, W), float in [0, 1] or ``uint8``.
+
+Transparency is composited **on black** (colour multiplied by alpha), the same
+black that fills crop regions outside the image.
+
+:func:`load_images` also accepts batches: a list / tuple of the above, a torch
+(B, 3, H, W) tensor, or a numpy (B, H, W, 3) array.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+from dife.errors import ImageError, InputError, ShapeError
+
+__all__ = [
+    "MAX_PIXELS",
+    "ImageLike",
+    "load_image",
+    "load_images",
+    "split_images",
+    "to_uint8",
+    "pil_from_tensor",
+]
+
+#: Largest accepted image, in pixels (width x height). Checked from the file
+#: header before any pixel is decoded.
+MAX_PIXELS: int = 64_000_000
+
+#: Tolerance for float images slightly outside [0, 1] (clamped afterwards).
+RANGE_TOLERANCE: float = 1e-3
+
+ImageLike = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, torch.Tensor]  # noqa: F821
+
+
+def _check_size(width: int, height: int, what: str) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{what} is empty: {width}x{height} pixels")
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"{what} is too large: {width}x{height} = {width * height} pixels > MAX_PIXELS = {MAX_PIXELS} "
+            "(dife.images.MAX_PIXELS); downscale it first"
+        )
+
+
+def _from_float(x: torch.Tensor, what: str) -> torch.Tensor:
+    """Validate a float (3, H, W) tensor in [0, 1] and return it as float32 clamped."""
+    x = x.detach()
+    if torch.isnan(x).any():
+        raise ImageError(f"{what} contains NaN values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
+        raise ImageError(
+            f"{what} has values in [{lo:g}, {hi:g}]; float images must be in [0, 1] (for 0..255 data pass uint8)"
+        )
+    return x.to("cpu", torch.float32).clamp_(0.0, 1.0)
+
+
+def _composite(x: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) float in [0, 1] with C in {1, 3, 4} -> (3, H, W); alpha composited on black."""
+    if x.shape[0] == 4:
+        x = x[:3] * x[3:4]
+    elif x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    return x.contiguous()
+
+
+def _from_numpy(a: np.ndarray, what: str) -> torch.Tensor:
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        hint = ""
+        if a.ndim == 3 and a.shape[0] in (1, 3, 4):
+            hint = "; numpy images are (H, W, C): use array.transpose(1, 2, 0) for (C, H, W) data"
+        raise ShapeError(f"{what}: a numpy image must have shape (H, W), (H, W, 3) or (H, W, 4), got {a.shape}{hint}")
+    _check_size(a.shape[1], a.shape[0], what)
+    if a.dtype == np.uint8:
+        x = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).to(torch.float32).div_(255.0)
+    elif a.dtype.kind == "f":
+        x = _from_float(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).permute(2, 0, 1), what)
+    else:
+        raise ImageError(f"{what}: numpy images must be uint8 (0..255) or float (0..1), got dtype {a.dtype}")
+    return _composite(x)
+
+
+def _from_torch(t: torch.Tensor, what: str) -> torch.Tensor:
+    if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
+        hint = ""
+        if t.ndim == 3 and t.shape[2] in (1, 3, 4):
+            hint = "; torch images are (C, H, W): use tensor.permute(2, 0, 1) for (H, W, C) data"
+        raise ShapeError(f"{what}: a torch image must have shape (3, H, W), got {tuple(t.shape)}{hint}")
+    _check_size(t.shape[2], t.shape[1], what)
+    if t.dtype == torch.uint8:
+        x = t.detach().to("cpu", torch.float32).div_(255.0)
+    elif t.is_floating_point():
+        x = _from_float(t, what)
+    else:
+        raise ImageError(f"{what}: torch images must be float (0..1) or uint8 (0..255), got dtype {t.dtype}")
+    return _composite(x)
+
+
+def _from_pil(im: Any, what: str) -> torch.Tensor:
+    from PIL import Image
+
+    _check_size(im.width, im.height, what)  # header size: nothing decoded yet
+    try:
+        im.load()
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{what} is too large to decode safely: {e}") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{what} could not be decoded (corrupt or truncated image): {e}") from None
+    mode = im.mode
+    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit grayscale
+        a = np.asarray(im, dtype=np.float32) / 65535.0
+        return _composite(torch.from_numpy(np.clip(a, 0.0, 1.0))[None])
+    if mode == "F":
+        return _composite(_from_float(torch.from_numpy(np.asarray(im, dtype=np.float32))[None], what))
+    has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in im.info)
+    try:
+        if has_alpha or (mode in ("L", "1") and "transparency" in im.info):
+            im = im.convert("RGBA")
+        elif mode != "RGB":
+            im = im.convert("RGB")
+    except (OSError, ValueError) as e:
+        raise ImageError(f"{what} has PIL mode {mode!r}, which cannot be converted to RGB: {e}") from None
+    return _from_numpy(np.asarray(im), what)
+
+
+def _from_path(path: Path, what: str) -> torch.Tensor:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not path.exists():
+        raise ImageError(f"image file not found: '{path}'")
+    if path.is_dir():
+        raise ImageError(f"'{path}' is a directory, not an image file")
+    what = f"image '{path}'"
+    with warnings.catch_warnings():
+        # dife applies its own MAX_PIXELS limit below, before decoding.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as im:
+                _check_size(im.width, im.height, what)
+                try:
+                    im.load()
+                    im = ImageOps.exif_transpose(im)
+                except Image.DecompressionBombError as e:
+                    raise ImageError(f"{what} is too large to decode safely: {e}") from None
+                except (OSError, ValueError, SyntaxError) as e:
+                    raise ImageError(f"{what} could not be decoded (corrupt or truncated image): {e}") from None
+                return _from_pil(im, what)
+        except Image.DecompressionBombError as e:
+            raise ImageError(f"{what} is too large to decode safely: {e}") from None
+        except UnidentifiedImageError:
+            raise ImageError(f"{what} is not an image file Pillow can read (corrupt or unsupported format)") from None
+        except OSError as e:
+            raise ImageError(f"{what} cannot be read: {e}") from None
+
+
+def load_image(image: ImageLike, *, what: str = "image") -> torch.Tensor:
+    """Read one image of any accepted type.
+
+    Args:
+        image: A path, PIL image, numpy array ((H, W), (H, W, 1|3|4); uint8
+            or float in [0, 1]) or torch tensor ((3, H, W) float in [0, 1] or
+            uint8). See the module docstring for details.
+        what: Name of the argument, used in error messages.
+
+    Returns:
+        (3, H, W) float32 CPU tensor with values in [0, 1]. Alpha is
+        composited on black; grayscale is repeated over the 3 channels.
+
+    Raises:
+        ImageError: missing / unreadable / corrupt file, empty image, image
+            larger than :data:`MAX_PIXELS`, unsupported dtype, NaN values or
+            float values outside [0, 1] (beyond a 1e-3 tolerance).
+        ShapeError: an array or tensor of the wrong shape (named in the message).
+        InputError: an object of an unsupported type.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return _from_path(Path(image), what)
+    if isinstance(image, torch.Tensor):
+        return _from_torch(image, what)
+    if isinstance(image, np.ndarray):
+        return _from_numpy(image, what)
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        Image = None  # type: ignore[assignment]
+    if Image is not None and isinstance(image, Image.Image):
+        return _from_pil(image, what)
+    raise InputError(
+        f"{what} must be a file path, PIL image, numpy array or torch tensor, got {type(image).__name__}"
+    )
+
+
+def split_images(images: Any) -> tuple[list[Any], bool]:
+    """Split an image or a batch into per-image sources without decoding them.
+
+    This is the cheap first half of :func:`load_images`; it lets callers load
+    (and free) big images chunk by chunk.
+
+    Args:
+        images: One image (any type :func:`load_image` accepts), a list /
+            tuple of them, a torch (B, 3, H, W) tensor or a numpy
+            (B, H, W, C) array.
+
+    Returns:
+        ``(sources, batched)``: one entry per image (batch tensors and arrays
+        are split into views) and whether the input was a batch.
+
+    Raises:
+        InputError: for an empty list or batch.
+        ShapeError: for tensors / arrays of an unsupported number of dimensions.
+    """
+    if isinstance(images, (list, tuple)):
+        if len(images) == 0:
+            raise InputError("got an empty list of images")
+        return list(images), True
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        if images.shape[0] == 0:
+            raise InputError(f"got an empty batch of images: shape {tuple(images.shape)}")
+        return list(images.unbind(0)), True
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        if images.shape[0] == 0:
+            raise InputError(f"got an empty batch of images: shape {images.shape}")
+        return list(images), True
+    if isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim not in (2, 3):
+        kind = "torch (3, H, W) or (B, 3, H, W)" if isinstance(images, torch.Tensor) else "numpy (H, W, 3) or (B, H, W, 3)"
+        raise ShapeError(f"images must be {kind}, got shape {tuple(images.shape)}")
+    return [images], False
+
+
+def load_images(images: Any) -> tuple[list[torch.Tensor], bool]:
+    """Read one image or a batch of images.
+
+    Args:
+        images: One image of any type :func:`load_image` accepts, a list /
+            tuple of them (types may be mixed, sizes may differ), a torch
+            (B, 3, H, W) float tensor or a numpy (B, H, W, 3) uint8 array.
+
+    Returns:
+        ``(tensors, batched)``: a list of (3, H, W) float32 tensors in [0, 1]
+        and whether the input was a batch (``False`` for a single image, so
+        callers can return unbatched results).
+
+    Raises:
+        ImageError, ShapeError, InputError: as :func:`load_image`; for a batch
+            the message names the index (``images[3]``).
+    """
+    sources, batched = split_images(images)
+    if not batched:
+        return [load_image(sources[0])], False
+    return [load_image(s, what=f"images[{i}]") for i, s in enumerate(sources)], True
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float tensor in [0, 1] -> (H, W, 3) uint8 numpy array (rounded)."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ShapeError(f"to_uint8 expects a (3, H, W) tensor, got {shape}")
+    x = image.detach().to("cpu", torch.float32).clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
+    return x.permute(1, 2, 0).contiguous().numpy()
+
+
+def pil_from_tensor(image: torch.Tensor) -> "PIL.Image.Image":  # noqa: F821
+    """(3, H, W) float tensor in [0, 1] -> RGB :class:`PIL.Image.Image`."""
+    from PIL import Image
+
+    return Image.fromarray(to_uint8(image))
