@@ -10,7 +10,7 @@ float32 CPU tensor of shape (3, H, W) with values in [0, 1]. Accepted inputs:
   the caller already holds the pixels it sees);
 * a numpy array: (H, W, 3) or (H, W, 4) RGB(A), (H, W, 1) or (H, W) grayscale,
   either ``uint8`` (0..255) or float (values in [0, 1]);
-* a torch tensor (3, H, W) or (1, H, W), float in [0, 1] or ``uint8``.
+* a torch tensor (3, H, W) or (1, H, W) (no alpha), float in [0, 1] or ``uint8``.
 
 Transparency is composited **on black** (colour multiplied by alpha), the same
 black that fills crop regions outside the image.
@@ -71,7 +71,7 @@ def _from_float(x: torch.Tensor, what: str) -> torch.Tensor:
         raise ImageError(
             f"{what} has values in [{lo:g}, {hi:g}]; float images must be in [0, 1] (for 0..255 data pass uint8)"
         )
-    return x.to("cpu", torch.float32).clamp_(0.0, 1.0)
+    return x.to("cpu", torch.float32).clamp(0.0, 1.0)  # out of place: never alias the input
 
 
 def _composite(x: torch.Tensor) -> torch.Tensor:
@@ -88,25 +88,25 @@ def _from_numpy(a: np.ndarray, what: str) -> torch.Tensor:
         a = a[:, :, None]
     if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
         hint = ""
-        if a.ndim == 3 and a.shape[0] in (1, 3, 4):
+        if a.ndim == 3 and a.shape[0] == 3:
             hint = "; numpy images are (H, W, C): use array.transpose(1, 2, 0) for (C, H, W) data"
         raise ShapeError(f"{what}: a numpy image must have shape (H, W), (H, W, 3) or (H, W, 4), got {a.shape}{hint}")
     _check_size(a.shape[1], a.shape[0], what)
     if a.dtype == np.uint8:
-        x = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).to(torch.float32).div_(255.0)
+        x = torch.from_numpy(np.array(a, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
     elif a.dtype.kind == "f":
-        x = _from_float(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).permute(2, 0, 1), what)
+        x = _from_float(torch.from_numpy(np.array(a, dtype=np.float32)).permute(2, 0, 1), what)
     else:
         raise ImageError(f"{what}: numpy images must be uint8 (0..255) or float (0..1), got dtype {a.dtype}")
     return _composite(x)
 
 
 def _from_torch(t: torch.Tensor, what: str) -> torch.Tensor:
-    if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
+    if t.ndim != 3 or t.shape[0] not in (1, 3):
         hint = ""
-        if t.ndim == 3 and t.shape[2] in (1, 3, 4):
+        if t.ndim == 3 and t.shape[2] == 3:
             hint = "; torch images are (C, H, W): use tensor.permute(2, 0, 1) for (H, W, C) data"
-        raise ShapeError(f"{what}: a torch image must have shape (3, H, W), got {tuple(t.shape)}{hint}")
+        raise ShapeError(f"{what}: a torch image must have shape (3, H, W) or (1, H, W), got {tuple(t.shape)}{hint}")
     _check_size(t.shape[2], t.shape[1], what)
     if t.dtype == torch.uint8:
         x = t.detach().to("cpu", torch.float32).div_(255.0)
@@ -129,10 +129,10 @@ def _from_pil(im: Any, what: str) -> torch.Tensor:
         raise ImageError(f"{what} could not be decoded (corrupt or truncated image): {e}") from None
     mode = im.mode
     if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit grayscale
-        a = np.asarray(im, dtype=np.float32) / 65535.0
+        a = np.array(im, dtype=np.float32) / 65535.0
         return _composite(torch.from_numpy(np.clip(a, 0.0, 1.0))[None])
     if mode == "F":
-        return _composite(_from_float(torch.from_numpy(np.asarray(im, dtype=np.float32))[None], what))
+        return _composite(_from_float(torch.from_numpy(np.array(im, dtype=np.float32))[None], what))
     has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in im.info)
     try:
         if has_alpha or (mode in ("L", "1") and "transparency" in im.info):
@@ -237,10 +237,16 @@ def split_images(images: Any) -> tuple[list[Any], bool]:
     if isinstance(images, torch.Tensor) and images.ndim == 4:
         if images.shape[0] == 0:
             raise InputError(f"got an empty batch of images: shape {tuple(images.shape)}")
+        if images.shape[1] not in (1, 3):
+            hint = "; use tensor.permute(0, 3, 1, 2) for (B, H, W, C) data" if images.shape[3] == 3 else ""
+            raise ShapeError(f"a torch batch of images must be (B, 3, H, W), got {tuple(images.shape)}{hint}")
         return list(images.unbind(0)), True
     if isinstance(images, np.ndarray) and images.ndim == 4:
         if images.shape[0] == 0:
             raise InputError(f"got an empty batch of images: shape {images.shape}")
+        if images.shape[3] not in (1, 3, 4):
+            hint = "; use array.transpose(0, 2, 3, 1) for (B, C, H, W) data" if images.shape[1] == 3 else ""
+            raise ShapeError(f"a numpy batch of images must be (B, H, W, 3), got {images.shape}{hint}")
         return list(images), True
     if isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim not in (2, 3):
         kind = "torch (3, H, W) or (B, 3, H, W)" if isinstance(images, torch.Tensor) else "numpy (H, W, 3) or (B, H, W, 3)"

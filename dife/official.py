@@ -40,12 +40,15 @@ import pickle
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from dife.config import DIFEConfig
 from dife.errors import CheckpointError, InputError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from dife.modeling.dife import DIFE
 
 __all__ = [
     "RENAME_RULES",
@@ -289,7 +292,7 @@ def _torch_load(path: Path) -> Any:
         raise CheckpointError(f"cannot read {path}: corrupt or truncated checkpoint ({type(e).__name__}: {reason})") from None
 
 
-def load_official(path: str | os.PathLike[str], *, domains: Iterable[str] | None = None) -> "DIFE":  # noqa: F821
+def load_official(path: str | os.PathLike[str], *, domains: Iterable[str] | None = None) -> DIFE:
     """Load one of the authors' released checkpoints (``human+dog.pth``...) into a :class:`~dife.modeling.DIFE`.
 
     The file is read with ``torch.load(weights_only=True)`` (never executing
@@ -323,4 +326,9 @@ def load_official(path: str | os.PathLike[str], *, domains: Iterable[str] | None
     state = extract_state_dict(_torch_load(p), source=str(p))
     config = infer_config(state, domains)
     config.extra = {"source": f"authors' checkpoint {p.name}", "trained": True}
-    return build_model(config, official_to_dife(state), source=str(p))
+    return build_model(config, official_to_dife(state), source=str(p), display_key=_official_name)
+
+
+def _official_name(key: str) -> str:
+    """A dife key as the authors name it (for error messages)."""
+    return _rename_key(key, _TO_OFFICIAL, _BLOCK_TO_OFFICIAL)

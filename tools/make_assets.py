@@ -3,7 +3,8 @@
 Each asset is a PNG plus a sidecar JSON with its anchor points, in the asset's
 own pixel-centre coordinates (an integer is the centre of that pixel, as in
 :mod:`dife.coords`). Anchor names are the image-side keypoint names of the
-development set: ``eye_left_img``, ``eye_right_img``, ``nose``. Both assets
+development set: the glasses use ``eye_left_img``, ``eye_right_img`` and
+``nose``, the party hat only the two eyes. Both assets
 are laid out for an inter-ocular distance of 100 asset pixels, with the nose
 tip 0.6 inter-ocular distances below the eyes' midpoint (the median of the
 human, dog and cat faces of ``../shared/data/faces``).
@@ -106,12 +107,12 @@ def glasses() -> tuple[Image.Image, dict[str, list[float]]]:
 
 
 def party_hat() -> tuple[Image.Image, dict[str, list[float]]]:
-    """A striped cone hat with a pompom, sitting 1.2 inter-ocular distances above the eyes."""
+    """A striped cone hat with a pompom, sitting 0.85 inter-ocular distances above the eyes (on the forehead)."""
     w, h = 200, 310
     cx = (w - 1) / 2.0
     ey = 296.0
     el, er = cx - IOD / 2, cx + IOD / 2
-    base_y = ey - 1.2 * IOD
+    base_y = ey - 0.85 * IOD
     apex_y = 30.0
     half = 68.0
     c = Canvas(w, h)
@@ -155,7 +156,8 @@ def party_hat() -> tuple[Image.Image, dict[str, list[float]]]:
     d.ellipse(c.box(cx, apex_y, 13), fill=(255, 246, 170, 255))
     c.paste(im)
 
-    anchors = {"eye_left_img": [el, ey], "eye_right_img": [er, ey], "nose": [cx, ey + NOSE_DROP]}
+    # Eyes only: a hat should follow the eye line, not a (possibly profile) nose.
+    anchors = {"eye_left_img": [el, ey], "eye_right_img": [er, ey]}
     return c.finish(), anchors
 
 
