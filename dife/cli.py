@@ -155,7 +155,11 @@ def _load_model(args: argparse.Namespace) -> Any:
         model = from_pretrained(args.model, device=args.device)
         info = f"{args.model}"
     else:
-        model = defaults.get_default_model(device=args.device)
+        import warnings
+
+        with warnings.catch_warnings():  # the CLI says which weights it uses on the next line instead
+            warnings.simplefilter("ignore", UserWarning)
+            model = defaults.get_default_model(device=args.device)
         info = defaults.default_model_info()
     print(f"dife: weights: {info}", file=sys.stderr)
     return model
@@ -344,7 +348,7 @@ def cmd_convert_official(args: argparse.Namespace) -> int:
         raise CLIError("OUTDIR must differ from the checkpoint path")
     domains = tuple(d for d in args.domains.split(",") if d) if args.domains else None
     model = load_official(args.path, domains=domains)
-    model.save_pretrained(outdir, source=f"converted from the authors' checkpoint {Path(args.path).name}")
+    model.save_pretrained(outdir, description=f"Converted from the authors' released checkpoint `{Path(args.path).name}`.")
     c = model.config
     print(
         f"dife: converted {args.path} -> {outdir} (domains {list(model.domains)}, "

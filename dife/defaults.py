@@ -126,7 +126,9 @@ def set_default_model(model_or_name: DIFE | str | os.PathLike[str] | None) -> No
     elif isinstance(model_or_name, (str, os.PathLike)):
         model, label = _from_pretrained_cached(model_or_name), _label_for(model_or_name)
     else:
-        raise InputError(f"set_default_model expects a DIFE model, a name or a path, got {type(model_or_name).__name__}")
+        raise InputError(
+            f"set_default_model expects a DIFE model, a name or a path, got {type(model_or_name).__name__}"
+        )
     with _lock:
         _default, _default_label = model, label
         _by_device.clear()

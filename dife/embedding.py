@@ -115,15 +115,41 @@ def _window(image: torch.Tensor, x0: int, y0: int, w: int, h: int) -> torch.Tens
     return out
 
 
+def _coverage(c: torch.Tensor, n: int) -> torch.Tensor:
+    """Bilinear sample of the 1-d indicator of ``[0, n)`` at pixel-centre coordinates ``c``."""
+    return torch.minimum(c + 1.0, n - c).clamp(0.0, 1.0)
+
+
+def _interp1d(values: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of a 1-d signal at pixel-centre coordinates ``c`` (zero outside)."""
+    padded = torch.cat([values.new_zeros(1), values, values.new_zeros(1)])
+    c = c.clamp(-1.0, float(values.numel()))
+    i0 = torch.floor(c)
+    f = c - i0
+    i0 = i0.long() + 1  # index into padded
+    i1 = (i0 + 1).clamp(max=padded.numel() - 1)
+    return padded[i0] * (1 - f) + padded[i1] * f
+
+
 def resample_crop(image: torch.Tensor, transform: CropTransform) -> torch.Tensor:
     """Resample the square crop of one image to the network grid.
 
-    Grid pixel ``(i, j)`` (row, column) holds the image bilinearly sampled at
-    ``transform.to_image((j, i))``, with black outside the image. When
-    ``transform.scale > 2`` the image is first averaged over ``k x k`` blocks,
-    ``k = floor(scale)`` (anti-aliasing); the sampling positions are mapped to
-    the averaged image exactly, so for a linear image the result equals the
-    image at ``to_image`` up to float error.
+    Grid pixel ``(i, j)`` (row, column) holds the image sampled at the image
+    point ``p = transform.to_image((j, i))``:
+
+    * ``scale = side / size <= 2``: bilinear interpolation at ``p``
+      (``grid_sample``, ``align_corners=False``, zero padding).
+    * ``scale > 2`` (anti-aliasing): the image is first averaged over
+      ``k x k`` blocks, ``k = floor(scale)``, then sampled bilinearly at the
+      point of the averaged image that corresponds to ``p`` exactly. Blocks
+      that overlap the image border are renormalised over their in-image
+      pixels, and the result is multiplied by the bilinear coverage of ``p``
+      (1 inside the image, fading to 0 one pixel outside), which is what the
+      bilinear path gives at borders too.
+
+    In both cases a linear image (a ramp) yields exactly the ramp evaluated
+    at ``p`` (up to float error) wherever the filter stays inside the image,
+    and everything more than a pixel outside the image is black (0).
 
     Args:
         image: (C, H, W) float tensor, ``W == transform.width`` and
@@ -137,30 +163,42 @@ def resample_crop(image: torch.Tensor, transform: CropTransform) -> torch.Tensor
     if (W, H) != (transform.width, transform.height):
         raise ShapeError(f"image is {W}x{H} but the crop transform is for {transform.width}x{transform.height}")
     S = transform.size
+    dev = image.device
+    j = torch.arange(S, dtype=torch.float64, device=dev) + 0.5
+    px = j * transform.scale + transform.left - 0.5  # image pixel-centre coordinates of the samples
+    py = j * transform.scale + transform.top - 0.5
     k = _antialias_factor(transform.scale)
-    left, top, side = transform.left, transform.top, transform.side
     if k == 1:
-        src = image
+        src, xs, ys = image, px, py
     else:
         # Only the part of the image the crop touches (plus a k-pixel margin),
-        # aligned so that blocks of k pixels can be averaged; black outside.
-        x0 = math.floor(left) - k
-        y0 = math.floor(top) - k
-        w = math.ceil((math.ceil(left + side) + k - x0) / k) * k
-        h = math.ceil((math.ceil(top + side) + k - y0) / k) * k
-        win = _window(image, x0, y0, w, h)
-        src = F.avg_pool2d(win[None], k, stride=k)[0]
-        # Edge coordinates scale by 1/k: window edge e <-> averaged edge e / k.
-        left, top, side = (left - x0) / k, (top - y0) / k, side / k
+        # cut so that blocks of k x k pixels can be averaged; black outside.
+        x0 = math.floor(transform.left) - k
+        y0 = math.floor(transform.top) - k
+        w = math.ceil((math.ceil(transform.left + transform.side) + k - x0) / k) * k
+        h = math.ceil((math.ceil(transform.top + transform.side) + k - y0) / k) * k
+        src = F.avg_pool2d(_window(image, x0, y0, w, h)[None], k, stride=k)[0]
+        # Window pixel-centre c <-> averaged pixel-centre (c + 0.5) / k - 0.5.
+        xs = (px - x0 + 0.5) / k - 0.5
+        ys = (py - y0 + 0.5) / k - 0.5
     Hs, Ws = src.shape[-2:]
-    j = torch.arange(S, dtype=torch.float64, device=image.device) + 0.5
-    xs = j * (side / S) + left - 0.5  # pixel-centre coordinates in src
-    ys = j * (side / S) + top - 0.5
     gx = grid_to_normalized(xs, Ws)
     gy = grid_to_normalized(ys, Hs)
     grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1).to(src.dtype)
-    out = F.grid_sample(src[None], grid[None], mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out[0]
+    out = F.grid_sample(src[None], grid[None], mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    if k > 1:
+        # In-image fraction of each (averaged, interpolated) sample; separable.
+        inside_x = ((torch.arange(w, device=dev) + x0 >= 0) & (torch.arange(w, device=dev) + x0 < W)).double()
+        inside_y = ((torch.arange(h, device=dev) + y0 >= 0) & (torch.arange(h, device=dev) + y0 < H)).double()
+        mx = _interp1d(inside_x.view(-1, k).mean(1), xs)
+        my = _interp1d(inside_y.view(-1, k).mean(1), ys)
+        cx = _coverage(px, W)
+        cy = _coverage(py, H)
+        fx = torch.where(mx > 0, cx / mx.clamp_min(1e-12), torch.zeros_like(mx))
+        fy = torch.where(my > 0, cy / my.clamp_min(1e-12), torch.zeros_like(my))
+        if not (bool((fx == 1).all()) and bool((fy == 1).all())):
+            out = out * (fy[:, None] * fx[None, :]).to(out.dtype)
+    return out
 
 
 def _crop_one(

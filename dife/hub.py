@@ -256,7 +256,11 @@ def model_card(model: DIFE, **card: Any) -> str:
         f"| encoder | stem {c.planes_conv1}/{c.planes_block}, hourglass planes {c.planes_hg}, depth {c.depth}, "
         f"{c.num_blocks} blocks per stage, GroupNorm({c.gn_groups}) |",
         f"| domain converters | {c.num_domains}"
-        + (f" (conv7x7-{c.converter_hidden}, conv7x7-{c.converter_hidden}, conv1x1-{c.converter_dim})" if c.num_domains else "")
+        + (
+            f" (conv7x7-{c.converter_hidden}, conv7x7-{c.converter_hidden}, conv1x1-{c.converter_dim})"
+            if c.num_domains
+            else ""
+        )
         + " |",
         f"| domains | {', '.join(c.domains[: c.num_domains]) or 'none (encoder only)'} |",
         f"| input | {c.input_size}x{c.input_size} RGB, crop rule `{c.crop}`, normalised with mean {list(c.mean)}, std {list(c.std)} |",
@@ -589,7 +593,9 @@ def push_to_hub(
         try:
             api = huggingface_hub.HfApi(token=token)
             url = api.create_repo(repo_id, exist_ok=True, private=private)
-            api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, revision=revision)
+            api.upload_folder(
+                repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, revision=revision
+            )
         except Exception as e:
             raise DIFEError(
                 f"pushing to the Hugging Face Hub repo {repo_id!r} failed: {_hub_reason(e, 'the model files', revision)}"

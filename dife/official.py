@@ -6,23 +6,23 @@ encoder under ``hg.*`` and the domain converters under
 exactly the same function under other names; the table :data:`RENAME_RULES`
 maps one layout onto the other, in both directions:
 
-=============================================  ======================================
-authors' key prefix                            dife key prefix
-=============================================  ======================================
-``hg.hg.0.layer1_4.``                          ``encoder.hourglass.bottom.``
-``hg.hg.0.layer{n}_1.``                        ``encoder.hourglass.skip{n}.``
-``hg.hg.0.layer{n}_2.``                        ``encoder.hourglass.down{n}.``
-``hg.hg.0.layer{n}_3.``                        ``encoder.hourglass.up{n}.``
-``hg.output_layers.0.0.``                      ``encoder.head_blocks.``
-``hg.output_layers.0.1.``                      ``encoder.head_conv.``
-``hg.output_layers.0.2.``                      ``encoder.head_norm.``
-``hg.output_layers.0.5.``                      ``encoder.out_conv.``
-``hg.conv1.``                                  ``encoder.conv1.``
-``hg.bn1.``                                    ``encoder.norm1.``
-``hg.layer{k}.0.``                             ``encoder.layer{k}.``
+================================================  ==============================
+authors' key prefix                               dife key prefix
+================================================  ==============================
+``hg.hg.0.layer1_4.``                             ``encoder.hourglass.bottom.``
+``hg.hg.0.layer{n}_1.``                           ``encoder.hourglass.skip{n}.``
+``hg.hg.0.layer{n}_2.``                           ``encoder.hourglass.down{n}.``
+``hg.hg.0.layer{n}_3.``                           ``encoder.hourglass.up{n}.``
+``hg.output_layers.0.0.``                         ``encoder.head_blocks.``
+``hg.output_layers.0.1.``                         ``encoder.head_conv.``
+``hg.output_layers.0.2.``                         ``encoder.head_norm.``
+``hg.output_layers.0.5.``                         ``encoder.out_conv.``
+``hg.conv1.``                                     ``encoder.conv1.``
+``hg.bn1.``                                       ``encoder.norm1.``
+``hg.layer{k}.0.``                                ``encoder.layer{k}.``
 ``transformer.interspecies2d{i}_layer{j}_norm.``  ``converters.{i}.norm{j}.``
-``transformer.interspecies2d{i}_layer{j}.``    ``converters.{i}.conv{j}.``
-=============================================  ======================================
+``transformer.interspecies2d{i}_layer{j}.``       ``converters.{i}.conv{j}.``
+================================================  ==============================
 
 and, inside residual blocks (:data:`BLOCK_RULES`), the path segments
 ``bn{i}`` -> ``norm{i}`` and ``downsample`` -> ``shortcut``. (The authors'
@@ -114,7 +114,9 @@ _BLOCK_TO_DIFE = _table(BLOCK_RULES, reverse=False, whole=True)
 _BLOCK_TO_OFFICIAL = _table(BLOCK_RULES, reverse=True, whole=True)
 
 
-def _rename_key(key: str, prefixes: list[tuple[re.Pattern[str], str]], segments: list[tuple[re.Pattern[str], str]]) -> str:
+def _rename_key(
+    key: str, prefixes: list[tuple[re.Pattern[str], str]], segments: list[tuple[re.Pattern[str], str]]
+) -> str:
     for pattern, template in prefixes:
         m = pattern.match(key)
         if m is None:
@@ -221,7 +223,9 @@ def infer_config(state_dict: Mapping[str, Any], domains: Iterable[str] | None = 
     num_blocks = _consecutive(
         _indices(keys, rf"hg\.hg\.0\.layer{depth}_1\.(\d+)\."), f"blocks of hg.hg.0.layer{depth}_1", start=0
     )
-    n_conv = _consecutive(_indices(keys, r"transformer\.interspecies2d(\d+)_"), "converters (interspecies2d{i})", start=0)
+    n_conv = _consecutive(
+        _indices(keys, r"transformer\.interspecies2d(\d+)_"), "converters (interspecies2d{i})", start=0
+    )
 
     kwargs: dict[str, Any] = {
         "embed_dim": _shape(state_dict, "hg.output_layers.0.5.weight")[0],
@@ -244,7 +248,9 @@ def infer_config(state_dict: Mapping[str, Any], domains: Iterable[str] | None = 
             raise InputError(f"domains must be a sequence of names, got the string {domains!r}")
         names = tuple(str(d) for d in domains)
         if n_conv and len(names) != n_conv:
-            raise InputError(f"domains names {len(names)} domains {list(names)} but the checkpoint has {n_conv} converters")
+            raise InputError(
+                f"domains lists {len(names)} names {list(names)} but the checkpoint has {n_conv} converters"
+            )
     kwargs["domains"] = names
     return DIFEConfig(**kwargs)
 
@@ -289,7 +295,9 @@ def _torch_load(path: Path) -> Any:
         ) from None
     except Exception as e:  # truncated zip, bad magic number, EOF, ...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read {path}: corrupt or truncated checkpoint ({type(e).__name__}: {reason})") from None
+        raise CheckpointError(
+            f"cannot read {path}: corrupt or truncated checkpoint ({type(e).__name__}: {reason})"
+        ) from None
 
 
 def load_official(path: str | os.PathLike[str], *, domains: Iterable[str] | None = None) -> DIFE:

@@ -102,7 +102,11 @@ class ModelEntry:
     def convert_hint(self) -> str:
         """``official`` entries: how to download and convert the checkpoint."""
         f = self.filename or "CHECKPOINT.pth"
-        where = f"from {self.url} (linked from {_AUTHORS_REPO})" if self.url else f"via the release / Google Drive links of {_AUTHORS_REPO}"
+        where = (
+            f"from {self.url} (linked from {_AUTHORS_REPO})"
+            if self.url
+            else f"via the release / Google Drive links of {_AUTHORS_REPO}"
+        )
         return (
             f"download the authors' checkpoint {f} {where}, then either run "
             f"`dife convert-official {f} OUTDIR` and load OUTDIR with DIFE.from_pretrained('OUTDIR'), "
@@ -110,7 +114,9 @@ class ModelEntry:
         )
 
 
-_UNTRAINED_NOTE = "untrained: random initialisation (seed 0), for plumbing and tests only; its embeddings are meaningless"
+_UNTRAINED_NOTE = (
+    "untrained: random initialisation (seed 0), for plumbing and tests only; its embeddings are meaningless"
+)
 
 MODELS: dict[str, ModelEntry] = {
     e.name: e

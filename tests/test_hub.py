@@ -241,7 +241,10 @@ def test_hub_download_serves_files(monkeypatch, saved, tiny_model, x):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
     model = from_pretrained("someone/dife-test", revision="v1", local_files_only=True)
-    assert calls == [("someone/dife-test", "config.json", "v1", True), ("someone/dife-test", "model.safetensors", "v1", True)]
+    assert calls == [
+        ("someone/dife-test", "config.json", "v1", True),
+        ("someone/dife-test", "model.safetensors", "v1", True),
+    ]
     with torch.no_grad():
         assert torch.equal(model(x), tiny_model(x))
 
@@ -249,8 +252,14 @@ def test_hub_download_serves_files(monkeypatch, saved, tiny_model, x):
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: _http_error(hf_errors.RepositoryNotFoundError, "401 Repository Not Found", 401), "does not exist, or is private"),
-        (lambda: _http_error(hf_errors.RevisionNotFoundError, "404 Revision Not Found"), "revision 'v9' does not exist"),
+        (
+            lambda: _http_error(hf_errors.RepositoryNotFoundError, "401 Repository Not Found", 401),
+            "does not exist, or is private",
+        ),
+        (
+            lambda: _http_error(hf_errors.RevisionNotFoundError, "404 Revision Not Found"),
+            "revision 'v9' does not exist",
+        ),
         (lambda: _http_error(hf_errors.RemoteEntryNotFoundError, "404 Entry Not Found"), "has no file config.json"),
         (lambda: hf_errors.LocalEntryNotFoundError("not cached"), "not in the local cache"),
         (lambda: hf_errors.OfflineModeIsEnabled("offline"), "not in the local cache"),

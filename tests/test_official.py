@@ -23,7 +23,17 @@ from dife.official import (
     official_to_dife,
 )
 
-ARCH_FIELDS = ("embed_dim", "converter_dim", "converter_hidden", "planes_conv1", "planes_block", "planes_hg", "num_blocks", "depth", "gn_groups")
+ARCH_FIELDS = (
+    "embed_dim",
+    "converter_dim",
+    "converter_hidden",
+    "planes_conv1",
+    "planes_block",
+    "planes_hg",
+    "num_blocks",
+    "depth",
+    "gn_groups",
+)
 
 
 def _official_state(model: DIFE) -> dict[str, torch.Tensor]:
@@ -68,7 +78,10 @@ def test_fixture_config_inferred(fixtures_dir):
 # --------------------------------------------------------------------------- published layouts (shapes only)
 @pytest.mark.parametrize(
     ("manifest", "domains"),
-    [("manifest_dife_official_2domains.json", ("human", "dog")), ("manifest_dife_official_3domains.json", ("human", "dog", "cat"))],
+    [
+        ("manifest_dife_official_2domains.json", ("human", "dog")),
+        ("manifest_dife_official_3domains.json", ("human", "dog", "cat")),
+    ],
 )
 def test_manifest_maps_onto_modules(fixtures_dir, manifest, domains):
     state = _manifest_state(fixtures_dir / manifest)
@@ -154,7 +167,13 @@ def test_from_official_classmethod(tmp_path, tiny_model):
 
 def test_load_official_three_domains_names(tmp_path):
     cfg = DIFEConfig(
-        domains=("a", "b", "c"), converter_dim=16, converter_hidden=16, planes_conv1=16, planes_block=16, planes_hg=16, num_blocks=1
+        domains=("a", "b", "c"),
+        converter_dim=16,
+        converter_hidden=16,
+        planes_conv1=16,
+        planes_block=16,
+        planes_hg=16,
+        num_blocks=1,
     )
     torch.manual_seed(0)
     torch.save(_official_state(DIFE(cfg)), tmp_path / "three.pth")

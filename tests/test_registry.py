@@ -50,7 +50,10 @@ def test_unknown_name():
         is_trained("nope")
 
 
-@pytest.mark.parametrize(("name", "filename"), [("dife-official-human-dog", "human+dog.pth"), ("dife-official-human-dog-cat", "human+dog+cat.pth")])
+@pytest.mark.parametrize(
+    ("name", "filename"),
+    [("dife-official-human-dog", "human+dog.pth"), ("dife-official-human-dog-cat", "human+dog+cat.pth")],
+)
 def test_official_entries_are_hints(name, filename):
     with pytest.raises(ModelNotFoundError) as info:
         resolve(name)
@@ -88,7 +91,7 @@ def test_random_entry_is_deterministic_and_leaves_rng_alone():
     assert torch.equal(torch.random.get_rng_state(), state)
     b = from_pretrained("dife-untrained")
     assert a is not b and not a.training
-    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert a.config.extra["trained"] is False
 
 
@@ -104,7 +107,9 @@ def test_hub_entry_routes_to_hub(monkeypatch, tmp_path, tiny_model):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
     monkeypatch.setitem(
-        MODELS, "dife-test-hub", ModelEntry(name="dife-test-hub", description="test", source="hub", repo_id="someone/dife", revision="v2")
+        MODELS,
+        "dife-test-hub",
+        ModelEntry(name="dife-test-hub", description="test", source="hub", repo_id="someone/dife", revision="v2"),
     )
     from_pretrained("dife-test-hub")
     assert calls == [("someone/dife", "config.json", "v2"), ("someone/dife", "model.safetensors", "v2")]

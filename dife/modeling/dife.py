@@ -85,6 +85,13 @@ class DIFE(nn.Module):
             raise ShapeError(
                 f"DIFE expects a non-empty batch with H and W divisible by {stride}, got {tuple(x.shape)}"
             )
+        c = self.config
+        bottom = (x.shape[2] // stride) * (x.shape[3] // stride) * (c.planes_hg // c.gn_groups)
+        if bottom * x.shape[0] < 2:  # torch's group_norm refuses to normalise a single value
+            raise ShapeError(
+                f"input {tuple(x.shape)} is too small for this network: each GroupNorm group at the hourglass "
+                f"bottom would hold a single value; use a larger input (the API uses {c.input_size}x{c.input_size})"
+            )
         if not x.is_floating_point():
             raise ShapeError(f"DIFE expects a float tensor in [-1, 1], got dtype {x.dtype}")
         return self.encoder(x)

@@ -32,7 +32,8 @@ depend on ``chunk_size`` (up to float32 summation order).
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, Mapping
+from collections.abc import Callable, Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

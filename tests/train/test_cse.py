@@ -62,7 +62,7 @@ def d2_shapes(
             conv_norm(f"{p}.conv3", cout, b, 1)
         stage_out.append(cout)
         cin, cout, b = cout, cout * 2, b * 2
-    for level, c in zip(range(2, 6), stage_out):
+    for level, c in zip(range(2, 6), stage_out, strict=True):
         out[f"backbone.fpn_lateral{level}.weight"] = (fpn, c, 1, 1)
         out[f"backbone.fpn_lateral{level}.bias"] = (fpn,)
         out[f"backbone.fpn_output{level}.weight"] = (fpn, fpn, 3, 3)
@@ -354,7 +354,12 @@ def _roi_align_reference(feat: np.ndarray, box, out: int, scale: float, ratio: i
             xh = xl + 1
         ly, lx = y - yl, x - xl
         hy, hx = 1 - ly, 1 - lx
-        return hy * hx * feat[:, yl, xl] + hy * lx * feat[:, yl, xh] + ly * hx * feat[:, yh, xl] + ly * lx * feat[:, yh, xh]
+        return (
+            hy * hx * feat[:, yl, xl]
+            + hy * lx * feat[:, yl, xh]
+            + ly * hx * feat[:, yh, xl]
+            + ly * lx * feat[:, yh, xh]
+        )
 
     res = np.zeros((c, out, out))
     for ph in range(out):

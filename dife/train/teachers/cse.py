@@ -100,14 +100,14 @@ Example:
 from __future__ import annotations
 
 import collections
-import io
 import math
 import os
 import pickle
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -145,9 +145,7 @@ CSE_MODEL_ZOO: dict[str, str] = {
     ),
 }
 
-_MODEL_ZOO_PAGE = (
-    "https://github.com/facebookresearch/detectron2/blob/main/projects/DensePose/doc/DENSEPOSE_CSE.md"
-)
+_MODEL_ZOO_PAGE = "https://github.com/facebookresearch/detectron2/blob/main/projects/DensePose/doc/DENSEPOSE_CSE.md"
 
 #: Checkpoint keys of detectron2 parts a whole-crop teacher does not run.
 IGNORED_PREFIXES: tuple[str, ...] = (
@@ -237,15 +235,21 @@ class CSEConfig:
 
     def __post_init__(self) -> None:
         if self.blocks is None and self.depth not in _BLOCKS_PER_DEPTH:
-            raise InputError(f"CSEConfig.depth must be one of {sorted(_BLOCKS_PER_DEPTH)} (or give blocks), got {self.depth}")
+            raise InputError(
+                f"CSEConfig.depth must be one of {sorted(_BLOCKS_PER_DEPTH)} (or give blocks), got {self.depth}"
+            )
         if self.blocks is not None and (len(self.blocks) != 4 or any(int(b) < 1 for b in self.blocks)):
             raise InputError(f"CSEConfig.blocks must be 4 positive ints (res2..res5), got {self.blocks!r}")
         if self.input_format not in ("BGR", "RGB"):
             raise InputError(f"CSEConfig.input_format must be 'BGR' or 'RGB', got {self.input_format!r}")
         if self.sampling_ratio < 1:
-            raise InputError(f"CSEConfig.sampling_ratio must be >= 1 (adaptive 0 is not supported), got {self.sampling_ratio}")
+            raise InputError(
+                f"CSEConfig.sampling_ratio must be >= 1 (adaptive 0 is not supported), got {self.sampling_ratio}"
+            )
         if self.decoder_common_stride not in (4, 8, 16, 32):
-            raise InputError(f"CSEConfig.decoder_common_stride must be 4, 8, 16 or 32, got {self.decoder_common_stride}")
+            raise InputError(
+                f"CSEConfig.decoder_common_stride must be 4, 8, 16 or 32, got {self.decoder_common_stride}"
+            )
         if self.input_size is not None and self.input_size < 32:
             raise InputError(f"CSEConfig.input_size must be >= 32 or None, got {self.input_size}")
 
@@ -362,7 +366,7 @@ class _FPNBackbone(nn.Module):
     def __init__(self, cfg: CSEConfig) -> None:
         super().__init__()
         self.bottom_up = _ResNet(cfg)
-        for level, cin in zip(range(2, 6), self.bottom_up.out_channels):
+        for level, cin in zip(range(2, 6), self.bottom_up.out_channels, strict=True):
             self.add_module(f"fpn_lateral{level}", nn.Conv2d(cin, cfg.fpn_channels, 1))
             self.add_module(f"fpn_output{level}", nn.Conv2d(cfg.fpn_channels, cfg.fpn_channels, 3, padding=1))
 
@@ -387,7 +391,9 @@ class _Decoder(nn.Module):
             ops: list[nn.Module] = []
             n = max(1, level - log_common)
             for k in range(n):
-                ops.append(nn.Conv2d(cfg.fpn_channels if k == 0 else cfg.decoder_channels, cfg.decoder_channels, 3, padding=1))
+                ops.append(
+                    nn.Conv2d(cfg.fpn_channels if k == 0 else cfg.decoder_channels, cfg.decoder_channels, 3, padding=1)
+                )
                 ops.append(nn.ReLU())
                 if level != log_common:
                     ops.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
@@ -543,7 +549,7 @@ class CSETeacher(nn.Module):
         """Side of the embedding grid (112 by default)."""
         return self.config.output_size
 
-    def train(self, mode: bool = True) -> "CSETeacher":
+    def train(self, mode: bool = True) -> CSETeacher:
         """A teacher stays in eval mode (it is frozen); ``train()`` is a no-op."""
         return super().train(False)
 
@@ -654,7 +660,7 @@ class CSETeacher(nn.Module):
         *,
         map_location: str | torch.device = "cpu",
         **overrides: Any,
-    ) -> "CSETeacher":
+    ) -> CSETeacher:
         """Build the teacher from a detectron2 DensePose CSE checkpoint.
 
         Args:
@@ -731,7 +737,9 @@ def _check_images(images: object) -> None:
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         raise ShapeError(f"images must be a (B, 3, H, W) tensor of RGB in [-1, 1], got {_shape(images)}")
     if not images.is_floating_point():
-        raise ShapeError(f"images must be float RGB in [-1, 1], got dtype {images.dtype} with shape {tuple(images.shape)}")
+        raise ShapeError(
+            f"images must be float RGB in [-1, 1], got dtype {images.dtype} with shape {tuple(images.shape)}"
+        )
     if images.shape[0] == 0 or images.shape[2] < 1 or images.shape[3] < 1:
         raise ShapeError(f"images batch is empty: {tuple(images.shape)}")
     if not bool(torch.isfinite(images).all()):
@@ -964,7 +972,9 @@ def load_detectron2_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
     elif isinstance(data, Mapping) and data and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in data.values()):
         state = data
     else:
-        raise CheckpointError(f"{p}: expected a detectron2 checkpoint dict with a 'model' entry, got {type(data).__name__}")
+        raise CheckpointError(
+            f"{p}: expected a detectron2 checkpoint dict with a 'model' entry, got {type(data).__name__}"
+        )
     out: dict[str, Any] = {}
     for k, v in state.items():
         if not isinstance(k, str):
