@@ -7,10 +7,11 @@ and L2-normalises the per-pixel descriptors.
 
 Resampling is exactly consistent with :class:`dife.coords.CropTransform`: grid
 pixel ``j`` holds the image bilinearly sampled at
-``x_img = (j + 0.5) * side / size + left - 0.5`` (zero, i.e. black, outside the
-image). When the crop is shrunk by more than 2x, the image is first averaged
-over ``k x k`` blocks (``k = floor(side / size)``), with the sampling positions
-adjusted analytically so that the same formula still holds.
+``x_img = (j + 0.5) * side / size + left - 0.5``, black where the crop square
+leaves the image. When the crop is shrunk by more than 2x, the image is first
+averaged over ``k x k`` blocks (``k = floor(side / size)``), with the sampling
+positions adjusted analytically so that the same formula still holds. See
+:func:`resample_crop`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -115,9 +117,12 @@ def _window(image: torch.Tensor, x0: int, y0: int, w: int, h: int) -> torch.Tens
     return out
 
 
-def _coverage(c: torch.Tensor, n: int) -> torch.Tensor:
-    """Bilinear sample of the 1-d indicator of ``[0, n)`` at pixel-centre coordinates ``c``."""
-    return torch.minimum(c + 1.0, n - c).clamp(0.0, 1.0)
+def _coverage(c: torch.Tensor, scale: float, n: int) -> torch.Tensor:
+    """Fraction of the grid-pixel footprint ``[c - scale/2, c + scale/2]`` inside the image ``[-0.5, n - 0.5]``."""
+    lo = torch.clamp(c - scale / 2, min=-0.5)
+    hi = torch.clamp(c + scale / 2, max=n - 0.5)
+    frac = (hi - lo) / scale
+    return torch.where(frac > 1 - 1e-9, torch.ones_like(frac), frac.clamp_min(0.0))  # exact 1 despite rounding
 
 
 def _interp1d(values: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -134,22 +139,24 @@ def _interp1d(values: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 def resample_crop(image: torch.Tensor, transform: CropTransform) -> torch.Tensor:
     """Resample the square crop of one image to the network grid.
 
-    Grid pixel ``(i, j)`` (row, column) holds the image sampled at the image
-    point ``p = transform.to_image((j, i))``:
+    Grid pixel ``(i, j)`` (row, column) shows the image around the point
+    ``p = transform.to_image((j, i))``:
 
-    * ``scale = side / size <= 2``: bilinear interpolation at ``p``
-      (``grid_sample``, ``align_corners=False``, zero padding).
-    * ``scale > 2`` (anti-aliasing): the image is first averaged over
-      ``k x k`` blocks, ``k = floor(scale)``, then sampled bilinearly at the
-      point of the averaged image that corresponds to ``p`` exactly. Blocks
-      that overlap the image border are renormalised over their in-image
-      pixels, and the result is multiplied by the bilinear coverage of ``p``
-      (1 inside the image, fading to 0 one pixel outside), which is what the
-      bilinear path gives at borders too.
+    * colour: for ``scale = side / size <= 2`` bilinear interpolation at
+      ``p``; for ``scale > 2`` (anti-aliasing) the image is first averaged over
+      ``k x k`` blocks, ``k = floor(scale)``, and then interpolated bilinearly
+      at the point of the averaged image that corresponds to ``p`` exactly.
+      At the image border the filter uses only in-image pixels (edge
+      renormalisation, like ``PIL`` / ``F.interpolate``), so borders are not
+      darkened;
+    * black outside: the colour is multiplied by the fraction of the grid
+      pixel's footprint (a square of side ``scale`` centred on ``p``) that lies
+      inside the image. A crop inside the image has no black at all; a grid
+      pixel whose footprint lies wholly outside the image is exactly 0.
 
-    In both cases a linear image (a ramp) yields exactly the ramp evaluated
-    at ``p`` (up to float error) wherever the filter stays inside the image,
-    and everything more than a pixel outside the image is black (0).
+    For a linear image (a ramp) the result equals the ramp at ``p`` (up to
+    float error) wherever the filter stays inside the image, with and without
+    anti-aliasing.
 
     Args:
         image: (C, H, W) float tensor, ``W == transform.width`` and
@@ -172,7 +179,7 @@ def resample_crop(image: torch.Tensor, transform: CropTransform) -> torch.Tensor
         src, xs, ys = image, px, py
     else:
         # Only the part of the image the crop touches (plus a k-pixel margin),
-        # cut so that blocks of k x k pixels can be averaged; black outside.
+        # cut so that blocks of k x k pixels can be averaged; zero outside.
         x0 = math.floor(transform.left) - k
         y0 = math.floor(transform.top) - k
         w = math.ceil((math.ceil(transform.left + transform.side) + k - x0) / k) * k
@@ -185,19 +192,21 @@ def resample_crop(image: torch.Tensor, transform: CropTransform) -> torch.Tensor
     gx = grid_to_normalized(xs, Ws)
     gy = grid_to_normalized(ys, Hs)
     grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1).to(src.dtype)
-    out = F.grid_sample(src[None], grid[None], mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    padding = "border" if k == 1 else "zeros"
+    out = F.grid_sample(src[None], grid[None], mode="bilinear", padding_mode=padding, align_corners=False)[0]
+    fx = _coverage(px, transform.scale, W)
+    fy = _coverage(py, transform.scale, H)
     if k > 1:
-        # In-image fraction of each (averaged, interpolated) sample; separable.
-        inside_x = ((torch.arange(w, device=dev) + x0 >= 0) & (torch.arange(w, device=dev) + x0 < W)).double()
-        inside_y = ((torch.arange(h, device=dev) + y0 >= 0) & (torch.arange(h, device=dev) + y0 < H)).double()
-        mx = _interp1d(inside_x.view(-1, k).mean(1), xs)
-        my = _interp1d(inside_y.view(-1, k).mean(1), ys)
-        cx = _coverage(px, W)
-        cy = _coverage(py, H)
-        fx = torch.where(mx > 0, cx / mx.clamp_min(1e-12), torch.zeros_like(mx))
-        fy = torch.where(my > 0, cy / my.clamp_min(1e-12), torch.zeros_like(my))
-        if not (bool((fx == 1).all()) and bool((fy == 1).all())):
-            out = out * (fy[:, None] * fx[None, :]).to(out.dtype)
+        # Renormalise by the in-image weight of each (averaged, interpolated)
+        # sample; separable, so computed in 1-d.
+        ix = torch.arange(w, device=dev) + x0
+        iy = torch.arange(h, device=dev) + y0
+        mx = _interp1d(((ix >= 0) & (ix < W)).double().view(-1, k).mean(1), xs)
+        my = _interp1d(((iy >= 0) & (iy < H)).double().view(-1, k).mean(1), ys)
+        fx = torch.where(mx > 0, fx / mx.clamp_min(1e-12), torch.zeros_like(fx))
+        fy = torch.where(my > 0, fy / my.clamp_min(1e-12), torch.zeros_like(fy))
+    if not (bool((fx == 1).all()) and bool((fy == 1).all())):
+        out = out * (fy[:, None] * fx[None, :]).to(out.dtype)
     return out
 
 
@@ -255,8 +264,12 @@ def prepare(
     box_list = normalize_boxes(boxes, len(images))
     single = len(images) == 1
     crops, transforms = [], []
-    for i, (img, box) in enumerate(zip(images, box_list)):
-        what = ("box" if box is not None else "image") if single else (f"boxes[{i}]" if box is not None else f"images[{i}]")
+    for i, (img, box) in enumerate(zip(images, box_list, strict=True)):
+        what = (
+            ("box" if box is not None else "image")
+            if single
+            else (f"boxes[{i}]" if box is not None else f"images[{i}]")
+        )
         crop, t = _crop_one(img, box, int(config.input_size), device, what)
         crops.append(crop)
         transforms.append(t)
@@ -291,7 +304,7 @@ class Embedding:
     def __len__(self) -> int:
         return int(self.features.shape[0])
 
-    def __getitem__(self, index: int | slice) -> "Embedding":
+    def __getitem__(self, index: int | slice) -> Embedding:
         """The embedding of image ``index`` (a batch of 1) or of a slice of images."""
         if isinstance(index, slice):
             return Embedding(self.features[index], self.transforms[index])
@@ -324,7 +337,7 @@ class Embedding:
         """Device of :attr:`features`."""
         return self.features.device
 
-    def to(self, device: str | torch.device) -> "Embedding":
+    def to(self, device: str | torch.device) -> Embedding:
         """A copy with :attr:`features` on ``device``."""
         return Embedding(self.features.to(device), list(self.transforms))
 
@@ -401,7 +414,7 @@ class Embedding:
 
 
 # ------------------------------------------------------------------------ embed
-def _resolve(model: Any) -> "DIFE":
+def _resolve(model: Any) -> DIFE:
     from dife.modeling.dife import DIFE
 
     if isinstance(model, DIFE):
@@ -417,7 +430,7 @@ def embed(
     images: Any,
     *,
     box: Any = None,
-    model: "DIFE | str | None" = None,
+    model: DIFE | str | None = None,
     batch_size: int = 32,
     device: str | torch.device | None = None,
     progress: bool = False,
@@ -502,4 +515,3 @@ def embed(
         if bar is not None:
             bar.close()
     return Embedding(features, transforms)
-

@@ -24,15 +24,19 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
 
 from dife.errors import ImageError, InputError, ShapeError
 
+if TYPE_CHECKING:
+    import PIL.Image
+
 __all__ = [
     "MAX_PIXELS",
+    "RANGE_TOLERANCE",
     "ImageLike",
     "load_image",
     "load_images",
@@ -48,7 +52,7 @@ MAX_PIXELS: int = 64_000_000
 #: Tolerance for float images slightly outside [0, 1] (clamped afterwards).
 RANGE_TOLERANCE: float = 1e-3
 
-ImageLike = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, torch.Tensor]  # noqa: F821
+ImageLike = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, torch.Tensor]
 
 
 def _check_size(width: int, height: int, what: str) -> None:
@@ -206,9 +210,7 @@ def load_image(image: ImageLike, *, what: str = "image") -> torch.Tensor:
         Image = None  # type: ignore[assignment]
     if Image is not None and isinstance(image, Image.Image):
         return _from_pil(image, what)
-    raise InputError(
-        f"{what} must be a file path, PIL image, numpy array or torch tensor, got {type(image).__name__}"
-    )
+    raise InputError(f"{what} must be a file path, PIL image, numpy array or torch tensor, got {type(image).__name__}")
 
 
 def split_images(images: Any) -> tuple[list[Any], bool]:
@@ -249,7 +251,9 @@ def split_images(images: Any) -> tuple[list[Any], bool]:
             raise ShapeError(f"a numpy batch of images must be (B, H, W, 3), got {images.shape}{hint}")
         return list(images), True
     if isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim not in (2, 3):
-        kind = "torch (3, H, W) or (B, 3, H, W)" if isinstance(images, torch.Tensor) else "numpy (H, W, 3) or (B, H, W, 3)"
+        kind = (
+            "torch (3, H, W) or (B, 3, H, W)" if isinstance(images, torch.Tensor) else "numpy (H, W, 3) or (B, H, W, 3)"
+        )
         raise ShapeError(f"images must be {kind}, got shape {tuple(images.shape)}")
     return [images], False
 
@@ -286,7 +290,7 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return x.permute(1, 2, 0).contiguous().numpy()
 
 
-def pil_from_tensor(image: torch.Tensor) -> "PIL.Image.Image":  # noqa: F821
+def pil_from_tensor(image: torch.Tensor) -> PIL.Image.Image:
     """(3, H, W) float tensor in [0, 1] -> RGB :class:`PIL.Image.Image`."""
     from PIL import Image
 

@@ -144,9 +144,9 @@ def test_matching_is_resolution_independent() -> None:
 
 def test_matching_chunk_size_invariance_of_value_and_gradients() -> None:
     results = []
-    for chunk in (37, 100, None, 576):
-        e1 = randn(2, 8, 24, 24, seed=3, grad=True)
-        e2 = randn(2, 8, 24, 24, seed=4, grad=True)
+    for chunk in (37, 100, None, 256):
+        e1 = randn(2, 8, 16, 16, seed=3, grad=True)
+        e2 = randn(2, 8, 16, 16, seed=4, grad=True)
         loss = matching_loss(e1, e2, temperature=0.1, chunk_size=chunk)
         loss.backward()
         results.append((loss.detach(), e1.grad.clone(), e2.grad.clone()))
@@ -159,8 +159,8 @@ def test_matching_chunk_size_invariance_of_value_and_gradients() -> None:
 
 
 def test_matching_gradient_matches_float64_finite_differences() -> None:
-    e1 = randn(1, 3, 4, 5, seed=5).double().requires_grad_(True)
-    e2 = randn(1, 3, 4, 5, seed=6).double().requires_grad_(True)
+    e1 = randn(1, 3, 3, 4, seed=5).double().requires_grad_(True)
+    e2 = randn(1, 3, 3, 4, seed=6).double().requires_grad_(True)
 
     def f(a, b):
         return matching_loss(a, b, temperature=0.5, chunk_size=3)

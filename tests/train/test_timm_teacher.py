@@ -66,6 +66,7 @@ def test_random_init_shapes_frozen_and_normalisation(timm, images) -> None:
     with torch.no_grad():
         torch.testing.assert_close(t.model(t.preprocess(images))[0], f)
         torch.testing.assert_close(t(images), f, rtol=0, atol=0)  # deterministic
+    assert TimmTeacher.resize_to(f, 96).shape == (2, 128, 96, 96)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])

@@ -10,11 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 _LAZY: dict[str, str] = {
     "GeneratorTeacher": "dife.train.teachers.base",
+    "DenseTeacher": "dife.train.teachers.base",
+    "CSETeacher": "dife.train.teachers.cse",
+    "CSEConfig": "dife.train.teachers.cse",
+    "TimmTeacher": "dife.train.teachers.timm_teacher",
     "StyleGAN2": "dife.train.teachers.stylegan2",
     "StyleGAN2Config": "dife.train.teachers.stylegan2",
 }
 
-__all__ = ["GeneratorTeacher", "StyleGAN2", "StyleGAN2Config"]
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
@@ -31,5 +35,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dife.train.teachers.base import GeneratorTeacher
+    from dife.train.teachers.base import DenseTeacher, GeneratorTeacher
+    from dife.train.teachers.cse import CSEConfig, CSETeacher
+    from dife.train.teachers.timm_teacher import TimmTeacher
     from dife.train.teachers.stylegan2 import StyleGAN2, StyleGAN2Config

@@ -6,6 +6,13 @@ distils one intermediate feature map (``L_K2``, "layer 7"), and optimises a
 latent w so that the generator's feature map matches a converted embedding
 (pseudo pairs, regularised towards w̄). :class:`GeneratorTeacher` is that
 contract; :class:`dife.train.teachers.StyleGAN2` implements it.
+
+A dense teacher (``L_K1``) maps an image to a per-pixel embedding:
+:class:`DenseTeacher`, implemented by :class:`dife.train.teachers.CSETeacher`
+(DensePose CSE) and :class:`dife.train.teachers.TimmTeacher` (any timm
+backbone stage). Every teacher takes ``(B, 3, H, W)`` float RGB in [-1, 1] (the
+range of DIFE's input and of StyleGAN2's output) and does its own
+normalisation.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["GeneratorTeacher"]
+__all__ = ["GeneratorTeacher", "DenseTeacher"]
 
 
 @runtime_checkable
@@ -72,4 +79,26 @@ class GeneratorTeacher(Protocol):
 
     def feature_shape(self, layer: int) -> tuple[int, int, int]:
         """``(C, H, W)`` of a feature layer."""
+        ...
+
+
+@runtime_checkable
+class DenseTeacher(Protocol):
+    """A frozen image -> per-pixel embedding network (the ``L_K1`` teacher).
+
+    Implementations keep every parameter frozen and stay in eval mode; call
+    them under ``torch.no_grad()`` during training.
+
+    Attributes:
+        out_channels: Channels ``C`` of the embedding.
+    """
+
+    out_channels: int
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` RGB in [-1, 1] -> ``(B, C, h, w)`` embedding at the teacher's own resolution."""
+        ...
+
+    def resize_to(self, x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+        """Resize a ``(B, C, h, w)`` map to ``size`` (bilinear, ``align_corners=False``)."""
         ...

@@ -56,27 +56,26 @@ the used keys; loading is strict on every used key and shape. Keys of the
 parts that a whole-crop teacher does not run (RPN, box head, vertex
 embedders) are ignored; any other key is an error.
 
-Key mapping (R50-FPN CSE, ``B`` = bottleneck width, ``O`` = block output):
+Key mapping (R50-FPN CSE; ``B`` = bottleneck width, ``O`` = block output,
+``C_k`` = output channels of res2..res5):
 
-=====================================================================  ======================  ==========================================
-detectron2 key                                                         shape                   role
-=====================================================================  ======================  ==========================================
-``backbone.bottom_up.stem.conv1.weight``                               64 x 3 x 7 x 7          stem conv, stride 2 (+ max-pool 3x3/2)
-``backbone.bottom_up.stem.conv1.norm.{weight,bias,running_mean,running_var}``  64          FrozenBN of the stem
-``backbone.bottom_up.res{2..5}.{i}.conv{1,2,3}.weight``                B x in x 1 x 1, B x B x 3 x 3, O x B x 1 x 1  bottleneck convs (no bias)
-``backbone.bottom_up.res{2..5}.{i}.conv{1,2,3}.norm.*``                B / O                   FrozenBN after each conv
-``backbone.bottom_up.res{2..5}.0.shortcut.weight`` (+ ``.norm.*``)     O x in x 1 x 1          projection shortcut of block 0
-``backbone.fpn_lateral{2..5}.{weight,bias}``                           256 x C_k x 1 x 1       FPN lateral 1x1 convs
-``backbone.fpn_output{2..5}.{weight,bias}``                            256 x 256 x 3 x 3       FPN output 3x3 convs
-``roi_heads.decoder.p2.0.*``, ``p3.0``, ``p4.{0,2}``, ``p5.{0,2,4}``   256 x 256 x 3 x 3       decoder conv + ReLU (+ x2 upsample)
-``roi_heads.decoder.predictor.{weight,bias}``                          256 x 256 x 1 x 1       decoder output conv
-``roi_heads.densepose_head.body_conv_fcn{1..8}.{weight,bias}``         512 x 256|512 x 3 x 3   DensePoseV1ConvXHead convs + ReLU
-``roi_heads.densepose_predictor.embed_lowres.{weight,bias}``           512 x 16 x 4 x 4        transposed conv to the 16-d embedding
-``roi_heads.densepose_predictor.coarse_segm_lowres.{weight,bias}``     512 x 2 x 4 x 4         transposed conv to fg/bg segmentation
-``proposal_generator.*``, ``roi_heads.box_head.*``,                    --                      ignored (detection / mesh vertex parts)
-``roi_heads.box_predictor.*``, ``roi_heads.embedder.*``,
-``roi_heads.mask_head.*``, ``pixel_mean``, ``pixel_std``
-=====================================================================  ======================  ==========================================
+| detectron2 key | shape | role |
+| --- | --- | --- |
+| `backbone.bottom_up.stem.conv1.weight` | 64 x 3 x 7 x 7 | stem conv, stride 2 (then max-pool 3x3 / 2) |
+| `backbone.bottom_up.stem.conv1.norm.{weight,bias,running_mean,running_var}` | 64 | FrozenBN of the stem |
+| `backbone.bottom_up.res{2..5}.{i}.conv1.weight` | B x in x 1 x 1 | bottleneck 1x1 (carries the stride) |
+| `backbone.bottom_up.res{2..5}.{i}.conv2.weight` | B x B x 3 x 3 | bottleneck 3x3 |
+| `backbone.bottom_up.res{2..5}.{i}.conv3.weight` | O x B x 1 x 1 | bottleneck 1x1 expansion |
+| `backbone.bottom_up.res{2..5}.{i}.conv{1,2,3}.norm.*` | B or O | FrozenBN after each conv |
+| `backbone.bottom_up.res{2..5}.0.shortcut.weight`, `.norm.*` | O x in x 1 x 1 | projection shortcut of block 0 |
+| `backbone.fpn_lateral{2..5}.{weight,bias}` | 256 x C_k x 1 x 1 | FPN lateral convs |
+| `backbone.fpn_output{2..5}.{weight,bias}` | 256 x 256 x 3 x 3 | FPN output convs |
+| `roi_heads.decoder.p2.0`, `p3.0`, `p4.{0,2}`, `p5.{0,2,4}` `.{weight,bias}` | 256 x 256 x 3 x 3 | decoder conv + ReLU (+ bilinear x2) |
+| `roi_heads.decoder.predictor.{weight,bias}` | 256 x 256 x 1 x 1 | decoder output conv |
+| `roi_heads.densepose_head.body_conv_fcn{1..8}.{weight,bias}` | 512 x (256 or 512) x 3 x 3 | head convs + ReLU |
+| `roi_heads.densepose_predictor.embed_lowres.{weight,bias}` | 512 x 16 x 4 x 4 | transposed conv to the embedding |
+| `roi_heads.densepose_predictor.coarse_segm_lowres.{weight,bias}` | 512 x 2 x 4 x 4 | transposed conv to fg / bg |
+| `proposal_generator.*`, `roi_heads.box_head.*`, `roi_heads.box_predictor.*`, `roi_heads.embedder.*`, `roi_heads.mask_head.*`, `pixel_mean`, `pixel_std` | -- | ignored (detection and mesh-vertex parts) |
 
 R50 has 3, 4, 6, 3 blocks in res2..res5 (``O`` = 256, 512, 1024, 2048,
 ``B`` = 64, 128, 256, 512), R101 has 3, 4, 23, 3. The DeepLab-head (``_DL_``)
@@ -752,11 +751,9 @@ def _as_tensor(value: Any, key: str, source: str) -> torch.Tensor:
     elif isinstance(value, np.ndarray):
         if value.dtype.kind not in "fiu":
             raise CheckpointError(f"{source}: {key} is a numpy array of dtype {value.dtype}, not numbers")
-        t = torch.from_numpy(np.ascontiguousarray(value))
+        t = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))  # also fixes byte order
     else:
         raise CheckpointError(f"{source}: {key} is a {type(value).__name__}, not an array / tensor")
-    if not t.is_floating_point():
-        t = t.float()
     return t.float()
 
 

@@ -272,6 +272,30 @@ class TimmTeacher(nn.Module):
             feat = feat.permute(0, 3, 1, 2)  # NHWC feature extractors
         return feat
 
+    @staticmethod
+    def resize_to(features: torch.Tensor, size: tuple[int, int] | int) -> torch.Tensor:
+        """Resample a (B, C, h, w) feature map to another grid over the same image.
+
+        Bilinear, ``align_corners=False`` (the pixel-centre convention of
+        :mod:`dife.coords`).
+
+        Args:
+            features: (B, C, h, w) output of :meth:`forward`.
+            size: Target ``(H, W)`` or side.
+
+        Returns:
+            (B, C, H, W).
+        """
+        if not isinstance(features, torch.Tensor) or features.ndim != 4:
+            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise ShapeError(f"features must be a (B, C, H, W) tensor, got {shape}")
+        hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        if min(hw) < 1:
+            raise InputError(f"size must be positive, got {size!r}")
+        if tuple(features.shape[-2:]) == hw:
+            return features
+        return F.interpolate(features, size=hw, mode="bilinear", align_corners=False)
+
 
 def _load_features(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Strictly load a full-model state dict into a timm feature wrapper (renamed / pruned modules)."""
