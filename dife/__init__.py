@@ -59,7 +59,41 @@ _LAZY: dict[str, str] = {
     "draw_parts": "dife.viz",
 }
 
-__all__ = sorted([*_LAZY, "__version__"])
+__all__ = [
+    "Asset",
+    "CheckpointError",
+    "CropTransform",
+    "DIFE",
+    "DIFEConfig",
+    "DIFEError",
+    "DenseCorrespondence",
+    "Embedding",
+    "FaceParser",
+    "ImageError",
+    "InputError",
+    "KeypointError",
+    "KeypointScores",
+    "ModelNotFoundError",
+    "ShapeError",
+    "UnknownDomainError",
+    "__version__",
+    "draw_keypoints",
+    "draw_matches",
+    "draw_parts",
+    "embed",
+    "embedding_to_rgb",
+    "get_default_model",
+    "kmeans",
+    "list_models",
+    "load_asset",
+    "load_image",
+    "overlay",
+    "parse_face",
+    "set_default_model",
+    "square_crop",
+    "transfer_dense",
+    "transfer_keypoints",
+]
 
 
 def __getattr__(name: str) -> Any:

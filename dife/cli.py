@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["main", "build_parser", "parse_points", "parse_box"]
 
@@ -243,8 +244,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise CLIError("nothing to write: give -o OUT.npz and/or --rgb DIR")
     model = _load_model(args)
     box = parse_box(args.box)
-    emb = embed(args.images, box=box if box is None else [box] * len(args.images), model=model,
-                batch_size=args.batch_size, progress=len(args.images) > 1)
+    emb = embed(
+        args.images,
+        box=box if box is None else [box] * len(args.images),
+        model=model,
+        batch_size=args.batch_size,
+        progress=len(args.images) > 1,
+    )
     if out is not None:
         t = emb.transforms
         with atomic_path(out) as tmp:
@@ -290,7 +296,9 @@ def cmd_parse(args: argparse.Namespace) -> int:
     labels = parser.predict(args.images)
     if not isinstance(labels, list):
         labels = [labels]
-    for path, lab in _progress(list(zip(args.images, labels)), enable=len(args.images) > 1, desc="writing"):
+    for path, lab in _progress(
+        list(zip(args.images, labels, strict=True)), enable=len(args.images) > 1, desc="writing"
+    ):
         dest = _check_output(str(outdir / f"{Path(path).stem}_parts.png"), args.images)
         assert dest is not None
         _save_image(draw_parts(load_image(path), lab), dest)
@@ -311,7 +319,7 @@ def cmd_overlay(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {}
     if args.points is not None or args.points_file is not None:
         pts, file_names = (parse_points(args.points), None) if args.points else read_points_file(args.points_file)
-        kwargs["keypoints"] = dict(zip(file_names, pts)) if file_names else pts
+        kwargs["keypoints"] = dict(zip(file_names, pts, strict=True)) if file_names else pts
         model = None
     elif args.reference is not None:
         if args.reference_points is None:
@@ -320,10 +328,12 @@ def cmd_overlay(args: argparse.Namespace) -> int:
         if not ref_names:
             raise CLIError(f"--reference-points must name its points ({', '.join(names)})")
         kwargs["reference"] = args.reference
-        kwargs["reference_keypoints"] = dict(zip(ref_names, ref_pts))
+        kwargs["reference_keypoints"] = dict(zip(ref_names, ref_pts, strict=True))
         model = _load_model(args)
     else:
-        raise CLIError(f"give --points/--points-file (in anchor order: {', '.join(names)}) or --reference with --reference-points")
+        raise CLIError(
+            f"give --points/--points-file (in anchor order: {', '.join(names)}) or --reference with --reference-points"
+        )
     img = overlay(args.image, asset, box=parse_box(args.box), model=model, transform=args.transform, **kwargs)
     _save_image(img, out)
     print(f"dife: wrote {out}", file=sys.stderr)
@@ -348,7 +358,9 @@ def cmd_convert_official(args: argparse.Namespace) -> int:
         raise CLIError("OUTDIR must differ from the checkpoint path")
     domains = tuple(d for d in args.domains.split(",") if d) if args.domains else None
     model = load_official(args.path, domains=domains)
-    model.save_pretrained(outdir, description=f"Converted from the authors' released checkpoint `{Path(args.path).name}`.")
+    model.save_pretrained(
+        outdir, description=f"Converted from the authors' released checkpoint `{Path(args.path).name}`."
+    )
     c = model.config
     print(
         f"dife: converted {args.path} -> {outdir} (domains {list(model.domains)}, "
@@ -371,7 +383,9 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------- parser
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="registry name, local folder, or hub repo id (default: the packaged default)")
+    p.add_argument(
+        "--model", default=None, help="registry name, local folder, or hub repo id (default: the packaged default)"
+    )
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
 
 

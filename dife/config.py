@@ -102,7 +102,9 @@ class DIFEConfig:
             )
         if isinstance(domain, str) and domain in self.domains and self.num_domains:
             return self.domains.index(domain)
-        raise UnknownDomainError(f"unknown domain {domain!r}; this model knows {list(self.domains[: self.num_domains])}")
+        raise UnknownDomainError(
+            f"unknown domain {domain!r}; this model knows {list(self.domains[: self.num_domains])}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (tuples become lists)."""
@@ -113,7 +115,7 @@ class DIFEConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DIFEConfig":
+    def from_dict(cls, d: dict[str, Any]) -> DIFEConfig:
         """Build a config from :meth:`to_dict` output; unknown keys are an error."""
         if not isinstance(d, dict):
             raise CheckpointError(f"config must be a JSON object, got {type(d).__name__}")

@@ -30,8 +30,9 @@ with ``align_corners=False``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -58,7 +59,9 @@ def _validate_box(box: Sequence[float], width: int, height: int) -> tuple[float,
     if x1 <= x0 or y1 <= y0:
         raise InputError(f"box must have x1 > x0 and y1 > y0, got {box!r}")
     if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
-        raise InputError(f"box {box!r} does not overlap the {width}x{height} image (edge coordinates, image = (0, 0, {width}, {height}))")
+        raise InputError(
+            f"box {box!r} does not overlap the {width}x{height} image (edge coordinates, image = (0, 0, {width}, {height}))"
+        )
     return x0, y0, x1, y1
 
 

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = dife.DIFE.from_pretrained(args.model) if args.model else dife.get_default_model()
     pts, scores = dife.transfer_keypoints(src, tgt, points, src_box=meta["box"], model=model, return_scores=True)
-    for name, p, c in zip(names, pts, scores.confidence):
+    for name, p, c in zip(names, pts, scores.confidence, strict=True):
         print(f"{name:16s} -> ({p[0]:6.1f}, {p[1]:6.1f})  confidence {c:.2f}")
 
     panel = dife.draw_matches(src, tgt, points, pts, scores=scores.confidence)

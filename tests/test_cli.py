@@ -55,8 +55,20 @@ def test_points_file_formats(tmp_path):
 def test_transfer_json_and_picture(tmp_path, capsys, model_dir):
     out = tmp_path / "panel.png"
     code, stdout, err = run(
-        ["transfer", ASTRONAUT, CHELSEA, "--points", "203,101;246,102", "--src-box", "163,60,283,180",
-         "--json", "-o", out, "--model", model_dir],
+        [
+            "transfer",
+            ASTRONAUT,
+            CHELSEA,
+            "--points",
+            "203,101;246,102",
+            "--src-box",
+            "163,60,283,180",
+            "--json",
+            "-o",
+            out,
+            "--model",
+            model_dir,
+        ],
         capsys,
     )
     assert code == 0, err
@@ -73,8 +85,17 @@ def test_transfer_json_and_picture(tmp_path, capsys, model_dir):
 
 def test_transfer_many_targets_and_points_file(tmp_path, capsys, model_dir):
     code, stdout, err = run(
-        ["transfer", ASTRONAUT, CHELSEA, ASTRONAUT, "--points-file", ROOT / "examples/images/astronaut.json",
-         "--json", "--model", model_dir],
+        [
+            "transfer",
+            ASTRONAUT,
+            CHELSEA,
+            ASTRONAUT,
+            "--points-file",
+            ROOT / "examples/images/astronaut.json",
+            "--json",
+            "--model",
+            model_dir,
+        ],
         capsys,
     )
     assert code == 0, err
@@ -106,7 +127,9 @@ def test_refuses_to_overwrite_input(tmp_path, capsys, model_dir):
 
 def test_embed_npz_and_rgb(tmp_path, capsys, model_dir):
     out = tmp_path / "f.npz"
-    code, _, err = run(["embed", ASTRONAUT, CHELSEA, "-o", out, "--rgb", tmp_path / "rgb", "--model", model_dir], capsys)
+    code, _, err = run(
+        ["embed", ASTRONAUT, CHELSEA, "-o", out, "--rgb", tmp_path / "rgb", "--model", model_dir], capsys
+    )
     assert code == 0, err
     data = np.load(out)
     assert data["features"].shape == (2, 16, 96, 96)
@@ -116,8 +139,22 @@ def test_embed_npz_and_rgb(tmp_path, capsys, model_dir):
 
 
 def test_parse(tmp_path, capsys, model_dir):
-    code, _, err = run(["parse", ASTRONAUT, CHELSEA, "-o", tmp_path / "parts", "--parts", "4",
-                        "--save-parser", tmp_path / "parser.safetensors", "--model", model_dir], capsys)
+    code, _, err = run(
+        [
+            "parse",
+            ASTRONAUT,
+            CHELSEA,
+            "-o",
+            tmp_path / "parts",
+            "--parts",
+            "4",
+            "--save-parser",
+            tmp_path / "parser.safetensors",
+            "--model",
+            model_dir,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert Image.open(tmp_path / "parts" / "chelsea_parts.png").size == (451, 300)
     assert (tmp_path / "parser.safetensors").is_file()
@@ -125,8 +162,19 @@ def test_parse(tmp_path, capsys, model_dir):
 
 def test_overlay_with_points(tmp_path, capsys):
     out = tmp_path / "o.png"
-    code, _, err = run(["overlay", ASTRONAUT, "--asset", "glasses", "--points-file",
-                        ROOT / "examples/images/astronaut.json", "-o", out], capsys)
+    code, _, err = run(
+        [
+            "overlay",
+            ASTRONAUT,
+            "--asset",
+            "glasses",
+            "--points-file",
+            ROOT / "examples/images/astronaut.json",
+            "-o",
+            out,
+        ],
+        capsys,
+    )
     assert code == 0, err
     a = np.asarray(Image.open(out).convert("RGB"), dtype=np.int16)
     b = np.asarray(Image.open(ASTRONAUT).convert("RGB"), dtype=np.int16)

@@ -9,12 +9,39 @@ import dife
 
 # Names users rely on: removing one is a breaking change and must fail here.
 EXPECTED_PUBLIC = {
-    "DIFE", "DIFEConfig", "Embedding", "embed", "transfer_keypoints", "transfer_dense",
-    "DenseCorrespondence", "KeypointScores", "parse_face", "FaceParser", "kmeans", "overlay",
-    "Asset", "load_asset", "load_image", "CropTransform", "square_crop", "get_default_model",
-    "set_default_model", "list_models", "embedding_to_rgb", "draw_keypoints", "draw_matches",
-    "draw_parts", "DIFEError", "InputError", "ShapeError", "ImageError", "KeypointError",
-    "UnknownDomainError", "CheckpointError", "ModelNotFoundError", "__version__",
+    "DIFE",
+    "DIFEConfig",
+    "Embedding",
+    "embed",
+    "transfer_keypoints",
+    "transfer_dense",
+    "DenseCorrespondence",
+    "KeypointScores",
+    "parse_face",
+    "FaceParser",
+    "kmeans",
+    "overlay",
+    "Asset",
+    "load_asset",
+    "load_image",
+    "CropTransform",
+    "square_crop",
+    "get_default_model",
+    "set_default_model",
+    "list_models",
+    "embedding_to_rgb",
+    "draw_keypoints",
+    "draw_matches",
+    "draw_parts",
+    "DIFEError",
+    "InputError",
+    "ShapeError",
+    "ImageError",
+    "KeypointError",
+    "UnknownDomainError",
+    "CheckpointError",
+    "ModelNotFoundError",
+    "__version__",
 }
 
 
@@ -50,3 +77,7 @@ def test_import_is_light_and_silent():
     dt, heavy = out.stdout.split(" ", 1)
     assert heavy.strip() == "[]", f"import dife pulled in {heavy}"
     assert float(dt) < 1.5
+
+
+def test_all_lists_exactly_the_lazy_names():
+    assert sorted(dife.__all__) == sorted([*dife._LAZY, "__version__"])

@@ -82,9 +82,7 @@ class DIFE(nn.Module):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ShapeError(f"DIFE expects a (B, 3, H, W) tensor, got {shape}")
         if x.shape[0] == 0 or x.shape[2] % stride or x.shape[3] % stride:
-            raise ShapeError(
-                f"DIFE expects a non-empty batch with H and W divisible by {stride}, got {tuple(x.shape)}"
-            )
+            raise ShapeError(f"DIFE expects a non-empty batch with H and W divisible by {stride}, got {tuple(x.shape)}")
         c = self.config
         bottom = (x.shape[2] // stride) * (x.shape[3] // stride) * (c.planes_hg // c.gn_groups)
         if bottom * x.shape[0] < 2:  # torch's group_norm refuses to normalise a single value
@@ -125,7 +123,7 @@ class DIFE(nn.Module):
         device: str | torch.device | None = None,
         revision: str | None = None,
         local_files_only: bool = False,
-    ) -> "DIFE":
+    ) -> DIFE:
         """Load a model by registry name, local folder / file, or hub repo id.
 
         See :func:`dife.hub.from_pretrained`.
@@ -134,7 +132,7 @@ class DIFE(nn.Module):
 
         return from_pretrained(name_or_path, device=device, revision=revision, local_files_only=local_files_only)
 
-    def save_pretrained(self, save_directory: str | os.PathLike[str], **card: Any) -> "Path":
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **card: Any) -> Path:
         """Write ``config.json``, ``model.safetensors`` and ``README.md``; see :func:`dife.hub.save_pretrained`."""
         from dife.hub import save_pretrained
 
@@ -147,7 +145,7 @@ class DIFE(nn.Module):
         return push_to_hub(self, repo_id, **kwargs)
 
     @classmethod
-    def from_official(cls, path: str | os.PathLike[str], *, domains: tuple[str, ...] | None = None) -> "DIFE":
+    def from_official(cls, path: str | os.PathLike[str], *, domains: tuple[str, ...] | None = None) -> DIFE:
         """Import the authors' released checkpoint; see :func:`dife.official.load_official`."""
         from dife.official import load_official
 

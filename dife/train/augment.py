@@ -21,7 +21,8 @@ feature map of that image) gives views that correspond point for point: a
 * :func:`correspondence` -- for two warps of one source, where every pixel of
   view *a* is in view *b* (``grid1_to_2`` of :func:`dife.train.losses.matching_loss`),
   with a validity mask. The second warp is inverted analytically when it is
-  affine and by Newton's method otherwise (error far below 0.01 px).
+  affine and by Newton's method otherwise (exact TPS for a :class:`Warp`;
+  a dense grid is interpolated bilinearly, within ~0.01 px for smooth warps).
 * :func:`color_jitter` -- per-sample brightness, contrast, saturation, hue
   and random grayscale of images in ``[-1, 1]``.
 
@@ -516,7 +517,8 @@ def warp_images(
     Args:
         images: (B, C, H, W) float tensor (images in [-1, 1] or feature maps).
         grid: (B, h, w, 2) sampling grid in ``[-1, 1]`` coordinates
-            (``align_corners=False``), or a :class:`Warp` (output ``H x W``).
+            (``align_corners=False``), or a :class:`Warp` / (B, 2, 3) affine
+            matrices (evaluated at the input's ``H x W``).
         mode: ``"bilinear"`` or ``"nearest"``.
         padding_mode: ``"zeros"`` (black outside the source) or ``"border"``.
 
@@ -535,6 +537,8 @@ def warp_images(
         raise InputError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
     if padding_mode not in ("zeros", "border"):
         raise InputError(f"padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
+    if isinstance(grid, torch.Tensor) and grid.ndim == 3:
+        grid = Warp(grid)  # (B, 2, 3) affine matrices
     if isinstance(grid, Warp):
         if len(grid) != images.shape[0]:
             raise ShapeError(f"images have batch size {images.shape[0]} but the warp batch has {len(grid)}")
@@ -623,19 +627,59 @@ def _as_map(warp: Warp | torch.Tensor, name: str) -> tuple[Points, torch.Tensor 
     )
 
 
-def _newton_inverse(fn: Points, targets: torch.Tensor, init: torch.Tensor, iterations: int) -> torch.Tensor:
-    """Solve ``fn(q) = targets`` for q by Newton's method (central-difference Jacobian)."""
-    q = init.clone()
-    eps = 1e-4
-    ex = torch.tensor([eps, 0.0], dtype=q.dtype, device=q.device)
-    ey = torch.tensor([0.0, eps], dtype=q.dtype, device=q.device)
-    n = q.shape[1]
-    for _ in range(iterations):
-        # one call for the value and the four central-difference probes
+ValueJac = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def _finite_difference(fn: Points, eps: float = 1e-4) -> ValueJac:
+    """``q -> (fn(q), d fn / dx, d fn / dy)`` by central differences (one call of ``fn``)."""
+
+    def value_jac(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = q.shape[1]
+        ex = torch.tensor([eps, 0.0], dtype=q.dtype, device=q.device)
+        ey = torch.tensor([0.0, eps], dtype=q.dtype, device=q.device)
         f = fn(torch.cat([q, q + ex, q - ex, q + ey, q - ey], dim=1))
-        r = f[:, :n] - targets
-        jx = (f[:, n : 2 * n] - f[:, 2 * n : 3 * n]) / (2 * eps)  # d fn / dx, (B, N, 2)
+        jx = (f[:, n : 2 * n] - f[:, 2 * n : 3 * n]) / (2 * eps)
         jy = (f[:, 3 * n : 4 * n] - f[:, 4 * n :]) / (2 * eps)
+        return f[:, :n], jx, jy
+
+    return value_jac
+
+
+def _warp_value_jac(warp: Warp) -> ValueJac:
+    """``q -> (G(q), dG/dx, dG/dy)`` of a warp, analytically (float64)."""
+    theta = warp.theta.to(torch.float64)
+    m = theta[:, :, :2]
+
+    def value_jac(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q = q.to(torch.float64)
+        if warp.tps is None:
+            ones = torch.ones_like(q)
+            return _apply_affine(theta.to(q.device), q), ones * m[:, None, :, 0], ones * m[:, None, :, 1]
+        c = warp.tps.ctrl.to(device=q.device, dtype=torch.float64)
+        coef = warp.tps.coef.to(q.device)
+        k = c.shape[1]
+        dx = q[:, :, None, 0] - c[:, None, :, 0]
+        dy = q[:, :, None, 1] - c[:, None, :, 1]
+        r2 = dx * dx + dy * dy
+        log_r2 = torch.log(r2.clamp_min(1e-300))
+        # d/dp [r2 log r2] = 2 (p - c) (log r2 + 1), 0 at the centre itself
+        g = torch.where(r2 > 0, 2.0 * (log_r2 + 1.0), torch.zeros_like(r2))
+        wk, lin = coef[:, :k], coef[:, k + 1 :]  # (B, K, 2), (B, 2, 2): rows = d/dx, d/dy
+        t = (r2 * log_r2) @ wk + coef[:, k : k + 1] + q @ lin
+        tx = (g * dx) @ wk + lin[:, None, 0]  # d T / dx, (B, N, 2)
+        ty = (g * dy) @ wk + lin[:, None, 1]
+        mt = m.transpose(1, 2).to(q.device)
+        return _apply_affine(theta.to(q.device), t), tx @ mt, ty @ mt
+
+    return value_jac
+
+
+def _newton_inverse(value_jac: ValueJac, targets: torch.Tensor, init: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Solve ``f(q) = targets`` for q by (damped) Newton steps."""
+    q = init.clone()
+    for _ in range(iterations):
+        f, jx, jy = value_jac(q)
+        r = f - targets
         det = jx[..., 0] * jy[..., 1] - jy[..., 0] * jx[..., 1]
         det = torch.where(det.abs() < 1e-12, torch.full_like(det, 1e-12), det)
         # step = J^{-1} r with J = [jx jy] (columns)
@@ -714,13 +758,11 @@ def correspondence(
     else:
         lattice = pixel_centres(16, device=device, dtype=torch.float64).reshape(1, -1, 2).expand(bb, -1, -1)
         init = _apply_affine(_invert_affine(_fit_affine(lattice, fb(lattice))), s)
-        q = _newton_inverse(fb, s, init, iterations)
+        value_jac = _warp_value_jac(grid_b) if isinstance(grid_b, Warp) else _finite_difference(fb)
+        q = _newton_inverse(value_jac, s, init, iterations)
     residual = torch.linalg.vector_norm(fb(q) - s, dim=-1)
     valid = (
-        (s.abs() <= 1.0).all(-1)
-        & (q.abs() <= 1.0).all(-1)
-        & torch.isfinite(q).all(-1)
-        & (residual <= max(tol, 1e-9))
+        (s.abs() <= 1.0).all(-1) & (q.abs() <= 1.0).all(-1) & torch.isfinite(q).all(-1) & (residual <= max(tol, 1e-9))
     )
     target = normalized_to_grid(q, sb)
     target = torch.where(valid[..., None], target, torch.full_like(target, -1.0))

@@ -18,10 +18,11 @@ Conventions:
   (:func:`~dife.train.losses.distillation_loss`): the student map is resized
   to the feature map's grid (bilinear, ``align_corners=False``), then the
   Euclidean norm over channels is averaged over the pixels **of each item**.
-* The prior term is the (not squared) Euclidean distance ``||w - w̄||_2``;
-  in ``w+`` space it is the mean over the ``num_ws`` layer latents of their
-  distance to ``w̄``, so a ``w+`` latent whose rows are equal costs exactly
-  what the single ``w`` costs.
+* The prior term is the (not squared) Euclidean distance ``||w - w̄||_2``
+  (``prior="squared"`` uses its square instead); in ``w+`` space it is the
+  mean over the ``num_ws`` layer latents of their distance to ``w̄``, so a
+  ``w+`` latent whose rows are equal costs exactly what the single ``w``
+  costs.
 * The batch is optimised jointly but every item has its own latent and its
   own objective (the summed loss makes the items independent); the latent
   returned for each item is the best one seen (lowest objective), so
@@ -79,6 +80,7 @@ DEFAULT_LR: float = 0.05
 MEAN_LATENT_SAMPLES: int = 4096
 
 WSpace = Literal["w", "w+"]
+Prior = Literal["l2", "squared"]
 
 
 # ----------------------------------------------------------------------- result
@@ -190,19 +192,26 @@ def _resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def _prior(w: torch.Tensor, w_mean: torch.Tensor) -> torch.Tensor:
-    dist = torch.linalg.vector_norm(w - w_mean, dim=-1)  # (B,) or (B, num_ws)
-    return dist if dist.ndim == 1 else dist.mean(dim=1)
+def _prior(w: torch.Tensor, w_mean: torch.Tensor, prior: str) -> torch.Tensor:
+    diff = w - w_mean
+    dist = diff.square().sum(dim=-1) if prior == "squared" else torch.linalg.vector_norm(diff, dim=-1)
+    return dist if dist.ndim == 1 else dist.mean(dim=1)  # (B,) from (B,) or (B, num_ws)
 
 
 def _objective(
-    features: torch.Tensor, target: torch.Tensor, w: torch.Tensor, w_mean: torch.Tensor, lam: float
+    features: torch.Tensor, target: torch.Tensor, w: torch.Tensor, w_mean: torch.Tensor, lam: float, prior: str
 ) -> torch.Tensor:
     """Per-item eq.-3 objective; ``target`` already on ``features``' grid."""
     data = torch.linalg.vector_norm(features - target, dim=1).flatten(1).mean(dim=1)  # (B,)
     if lam == 0.0:
         return data
-    return data + lam * _prior(w, w_mean)
+    return data + lam * _prior(w, w_mean, prior)
+
+
+def _check_prior(prior: object) -> str:
+    if prior not in ("l2", "squared"):
+        raise InputError(f"prior must be 'l2' (eq. 3) or 'squared', got {prior!r}")
+    return str(prior)
 
 
 def pseudo_pair_objective(
@@ -211,6 +220,7 @@ def pseudo_pair_objective(
     w: torch.Tensor,
     w_mean: torch.Tensor,
     lam: float = 1.0,
+    prior: Prior = "l2",
 ) -> torch.Tensor:
     """The eq.-3 objective of each item: ``mean_p ||F_p - T_p||_2 + λ ||w - w̄||_2``.
 
@@ -221,6 +231,8 @@ def pseudo_pair_objective(
         w: (B, w_dim) or (B, num_ws, w_dim) latents.
         w_mean: (w_dim,) mean latent ``w̄``.
         lam: Weight ``λ`` of the prior (>= 0).
+        prior: ``"l2"`` (``||w - w̄||_2``, eq. 3) or ``"squared"`` (``||w - w̄||_2^2``);
+            for (B, num_ws, w_dim) latents, averaged over the ``num_ws`` rows.
 
     Returns:
         (B,) objective values (differentiable w.r.t. ``features`` and ``w``).
@@ -229,7 +241,7 @@ def pseudo_pair_objective(
 
     Raises:
         ShapeError: inconsistent shapes.
-        InputError: a negative or non-finite ``lam``.
+        InputError: a negative or non-finite ``lam``, or an unknown ``prior``.
     """
     for t, name in ((features, "features"), (target, "target")):
         if not isinstance(t, torch.Tensor) or t.ndim != 4 or not t.is_floating_point():
@@ -243,8 +255,9 @@ def pseudo_pair_objective(
     if not isinstance(w_mean, torch.Tensor) or tuple(w_mean.shape) != (w.shape[-1],):
         raise ShapeError(f"w_mean must have shape ({w.shape[-1]},), got {_describe(w_mean)}")
     lam_f = _nonneg_float(lam, "lam")
+    prior_s = _check_prior(prior)
     target = _resize_to(target.to(features.dtype), tuple(features.shape[-2:]))
-    return _objective(features, target, w, w_mean.to(w), lam_f)
+    return _objective(features, target, w, w_mean.to(w), lam_f, prior_s)
 
 
 # ------------------------------------------------------------------- validation
@@ -318,6 +331,7 @@ def synthesize_pseudo_pairs(
     *,
     source_domain: str | int | None = None,
     lam: float = 1.0,
+    prior: Prior = "l2",
     steps: int = 100,
     lr: float = DEFAULT_LR,
     early_stop_tol: float | None = 1e-4,
@@ -354,7 +368,13 @@ def synthesize_pseudo_pairs(
         source_domain: Species of the source images (metadata of the result;
             validated against the student's domains when given).
         lam: Weight ``λ`` of the prior ``||w - w̄||_2`` (the paper uses 1;
-            larger keeps the latents closer to ``w̄``).
+            larger keeps the latents closer to ``w̄``). Note that the
+            (not squared) norm is not smooth at ``w̄``: when the data term's
+            gradient at ``w̄`` is shorter than ``λ``, ``w̄`` itself is the
+            minimiser and the pairs come back at ``w̄`` (``final_loss ==
+            initial_loss``); lower ``λ`` or use ``prior="squared"`` then.
+        prior: ``"l2"``: ``λ ||w - w̄||_2`` (eq. 3, default); ``"squared"``:
+            ``λ ||w - w̄||_2^2`` (smooth, never sticks at ``w̄``).
         steps: Maximum number of Adam updates (0 returns ``w̄``).
         lr: Adam learning rate of the latents (:data:`DEFAULT_LR`).
         early_stop_tol: Relative improvement below which an update counts as
@@ -392,7 +412,9 @@ def synthesize_pseudo_pairs(
     x = _check_sources(source_images)
 
     if isinstance(layer, bool) or not isinstance(layer, int) or layer not in tuple(target_teacher.feature_layers):
-        raise InputError(f"layer must be one of the teacher's feature layers {tuple(target_teacher.feature_layers)}, got {layer!r}")
+        raise InputError(
+            f"layer must be one of the teacher's feature layers {tuple(target_teacher.feature_layers)}, got {layer!r}"
+        )
     c_feat, r_h, r_w = target_teacher.feature_shape(layer)
     if cfg.converter_dim != c_feat:
         raise ShapeError(
@@ -404,6 +426,7 @@ def synthesize_pseudo_pairs(
     if noise_mode not in ("const", "random", "none"):
         raise InputError(f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}")
     lam_f = _nonneg_float(lam, "lam")
+    prior_s = _check_prior(prior)
     n_steps = _int(steps, "steps", 0)
     lr_f = _nonneg_float(lr, "lr")
     if lr_f == 0:
@@ -437,8 +460,20 @@ def synthesize_pseudo_pairs(
 
         target = _student_target(student, x.to(device), target_name, (r_h, r_w))
         w, history, final, initial, n_iter, early = _optimise(
-            target_teacher, target, w_bar, num_ws if w_space == "w+" else 0, lam_f, n_steps, lr_f, tol, pat,
-            stop_at, layer, noise_mode, generator,
+            target_teacher,
+            target,
+            w_bar,
+            num_ws=num_ws if w_space == "w+" else 0,
+            lam=lam_f,
+            prior=prior_s,
+            steps=n_steps,
+            lr=lr_f,
+            tol=tol,
+            patience=pat,
+            stop_at=stop_at,
+            layer=layer,
+            noise_mode=noise_mode,
+            generator=generator,
         )
         with torch.no_grad():
             image, feats = target_teacher.synthesis(
@@ -487,8 +522,10 @@ def _optimise(
     teacher: GeneratorTeacher,
     target: torch.Tensor,
     w_bar: torch.Tensor,
+    *,
     num_ws: int,
     lam: float,
+    prior: str,
     steps: int,
     lr: float,
     tol: float | None,
@@ -517,7 +554,7 @@ def _optimise(
         last = it == steps
         with torch.set_grad_enabled(not last):
             feats = teacher.features(w, layers=(layer,), noise_mode=noise_mode, **kw)[layer]
-            per_item = _objective(feats, target, w, w_bar, lam)
+            per_item = _objective(feats, target, w, w_bar, lam, prior)
         values = per_item.detach()
         if it == 0:
             initial = values.clone()
@@ -581,7 +618,19 @@ class PseudoPairCache:
     """
 
     _OPTIONS = frozenset(
-        {"lam", "steps", "lr", "early_stop_tol", "patience", "target_loss", "w_space", "layer", "noise_mode", "generator"}
+        {
+            "lam",
+            "prior",
+            "steps",
+            "lr",
+            "early_stop_tol",
+            "patience",
+            "target_loss",
+            "w_space",
+            "layer",
+            "noise_mode",
+            "generator",
+        }
     )
 
     def __init__(self, every: int = 1000, *, storage_device: torch.device | str = "cpu", **options: object) -> None:
@@ -689,4 +738,3 @@ class PseudoPairCache:
             self._entries[k] = _Entry(pairs.to(self.storage_device), int(step))
             self.refreshes += 1
         return self.get(k, device)  # type: ignore[return-value]
-

@@ -18,7 +18,15 @@ _LAZY: dict[str, str] = {
     "StyleGAN2Config": "dife.train.teachers.stylegan2",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "CSEConfig",
+    "CSETeacher",
+    "DenseTeacher",
+    "GeneratorTeacher",
+    "StyleGAN2",
+    "StyleGAN2Config",
+    "TimmTeacher",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -37,5 +45,5 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from dife.train.teachers.base import DenseTeacher, GeneratorTeacher
     from dife.train.teachers.cse import CSEConfig, CSETeacher
-    from dife.train.teachers.timm_teacher import TimmTeacher
     from dife.train.teachers.stylegan2 import StyleGAN2, StyleGAN2Config
+    from dife.train.teachers.timm_teacher import TimmTeacher
