@@ -1,6 +1,6 @@
 """Carry keypoints from the astronaut to the cat and draw the matches.
 
-Run: ``python examples/transfer_keypoints.py [--model NAME_OR_PATH] [-o docs/images/transfer.png]``.
+Run: ``python examples/transfer_keypoints.py [--model NAME_OR_PATH] [-o docs/images/transfer.jpg]``.
 Writes a side-by-side picture (source points left, transferred points right,
 lines coloured by confidence) and prints the transferred points. The picture
 shows whatever model is used: with the untrained placeholder the points land
@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
-    ap.add_argument("-o", "--output", default=str(HERE.parent / "docs" / "images" / "transfer.png"))
+    ap.add_argument("-o", "--output", default=str(HERE.parent / "docs" / "images" / "transfer.jpg"))
     args = ap.parse_args(argv)
 
     src = HERE / "images" / "astronaut.jpg"
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     panel = dife.draw_matches(src, tgt, points, pts, scores=scores.confidence)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    panel.save(out)
+    panel.convert("RGB").save(out, quality=90) if out.suffix.lower() in (".jpg", ".jpeg") else panel.save(out)
     print(f"wrote {out}")
     return {"names": names, "points": pts, "confidence": scores.confidence}
 

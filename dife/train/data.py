@@ -136,6 +136,8 @@ class RealFaceFolder(Dataset):
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
     ) -> None:
         self.size = _positive_int(size, "size")
+        if isinstance(extensions, str):
+            extensions = (extensions,)
         exts = tuple(str(e).lower() if str(e).startswith(".") else "." + str(e).lower() for e in extensions)
         if not exts:
             raise InputError("extensions must name at least one file ending, e.g. ('.jpg',)")

@@ -1,0 +1,31 @@
+"""The scripts in examples/ run and produce what they claim."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_transfer_keypoints_example(tmp_path, tiny_model):
+    model_dir = tmp_path / "model"
+    tiny_model.save_pretrained(model_dir)
+    out = tmp_path / "panel.jpg"
+    result = _load("transfer_keypoints").main(["--model", str(model_dir), "-o", str(out)])
+    w, h = Image.open(ROOT / "examples" / "images" / "chelsea.jpg").size
+    pts = np.asarray(result["points"])
+    assert pts.shape == (5, 2)
+    assert np.all((pts >= -0.5) & (pts <= [w - 0.5, h - 0.5]))
+    assert Image.open(out).size[0] > w
