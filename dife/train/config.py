@@ -457,8 +457,13 @@ class TrainConfig:
         """A copy with ``overrides`` applied (:func:`apply_overrides`)."""
         return apply_overrides(self, overrides)
 
-    def validate(self, *, check_paths: bool = True) -> TrainConfig:
+    def validate(self, *, check_paths: bool = True, check_teachers: bool | None = None) -> TrainConfig:
         """Check values, species names and (with ``check_paths``) that every file exists.
+
+        Args:
+            check_paths: Check that data folders and teacher checkpoints exist.
+            check_teachers: Check the teacher checkpoints (default: ``check_paths``);
+                ``False`` when the teachers are passed as objects.
 
         Returns:
             ``self``.
@@ -470,7 +475,9 @@ class TrainConfig:
             ModelNotFoundError: a missing teacher checkpoint (the message says
                 where to download it) or data folder.
         """
-        _validate(self, check_paths=check_paths)
+        _validate(
+            self, check_paths=check_paths, check_teachers=check_paths if check_teachers is None else check_teachers
+        )
         return self
 
 
@@ -504,8 +511,8 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
     origin = get_origin(tp)
     if origin is typing.Union or origin is types.UnionType:
         args = [a for a in get_args(tp) if a is not type(None)]
-        if len(args) != len(get_args(tp)):
-            return True, (args[0] if len(args) == 1 else typing.Union[tuple(args)])
+        if len(args) == 1 and len(get_args(tp)) == 2:  # every union of the config is "X | None"
+            return True, args[0]
     return False, tp
 
 
@@ -900,7 +907,7 @@ def _cse_sources() -> str:
     return "\n".join(f"  - {name}: {url}" for name, url in CSE_MODEL_ZOO.items())
 
 
-def _validate(cfg: TrainConfig, *, check_paths: bool) -> None:
+def _validate(cfg: TrainConfig, *, check_paths: bool, check_teachers: bool) -> None:
     # ---- scalars
     if not cfg.output_dir:
         raise InputError("config key 'output_dir' must name a folder")
@@ -915,8 +922,17 @@ def _validate(cfg: TrainConfig, *, check_paths: bool) -> None:
 
     # ---- model
     m = cfg.model
-    for key in ("embed_dim", "converter_hidden", "planes_conv1", "planes_block", "planes_hg", "num_blocks", "depth",
-                "gn_groups", "input_size"):  # fmt: skip
+    for key in (
+        "embed_dim",
+        "converter_hidden",
+        "planes_conv1",
+        "planes_block",
+        "planes_hg",
+        "num_blocks",
+        "depth",
+        "gn_groups",
+        "input_size",
+    ):
         _positive(getattr(m, key), f"model.{key}")
     _positive(m.converter_dim, "model.converter_dim", allow_zero=True)
     stride = 2 ** (m.depth + 1)
@@ -951,9 +967,9 @@ def _validate(cfg: TrainConfig, *, check_paths: bool) -> None:
                     f"config key '{where}.generator.layer' must be an odd StyleGAN2 layer number "
                     f"(-1, 1, 3, 5, 7 = the 64x64 block, ...), got {g.layer}"
                 )
-            if not g.checkpoint:
+            if check_teachers and not g.checkpoint:
                 raise InputError(f"config key '{where}.generator.checkpoint' is empty: give the StyleGAN2 checkpoint")
-            if check_paths and not _resolve(g.checkpoint).is_file():
+            if check_teachers and not _resolve(g.checkpoint).is_file():
                 raise ModelNotFoundError(
                     f"{where}.generator.checkpoint: StyleGAN2 checkpoint '{g.checkpoint}' not found "
                     f"(relative paths are relative to {Path.cwd()}). The teachers of the paper are the published "
@@ -993,14 +1009,14 @@ def _validate(cfg: TrainConfig, *, check_paths: bool) -> None:
         raise InputError("dense_teacher.pretrained applies to timm teachers only; give the CSE checkpoint")
     if kind == "timm" and d.pretrained and d.checkpoint:
         raise InputError("dense_teacher: give either checkpoint or pretrained=true, not both")
-    if kind == "cse" and not d.checkpoint:
+    if check_teachers and kind == "cse" and not d.checkpoint:
         raise InputError("config key 'dense_teacher.checkpoint' is empty: give the DensePose CSE checkpoint")
-    if kind == "timm" and not d.checkpoint and not d.pretrained:
+    if check_teachers and kind == "timm" and not d.checkpoint and not d.pretrained:
         raise InputError(
             f"dense_teacher {d.name!r} needs weights: set dense_teacher.checkpoint to a timm state dict "
             "(.safetensors / .pth) or dense_teacher.pretrained=true"
         )
-    if check_paths and kind != "none" and d.checkpoint and not _resolve(d.checkpoint).is_file():
+    if check_teachers and kind != "none" and d.checkpoint and not _resolve(d.checkpoint).is_file():
         if kind == "cse":
             raise ModelNotFoundError(
                 f"dense_teacher.checkpoint: DensePose CSE checkpoint '{d.checkpoint}' not found (relative paths are "
@@ -1012,9 +1028,10 @@ def _validate(cfg: TrainConfig, *, check_paths: bool) -> None:
             f"dense_teacher.checkpoint: timm weights '{d.checkpoint}' not found; download the model.safetensors of "
             f"the timm/{d.name.split(':')[1]} Hugging Face repository (or use dense_teacher.pretrained=true)"
         )
-    if kind == "none" and not cfg.synthetic_species:
+    if kind == "none" and cfg.real_species:
         raise InputError(
-            "nothing to distil: dense_teacher.name is 'none' and no species has a generator teacher"
+            f"species {list(cfg.real_species)} train on photos, which need a dense teacher (L_K1); "
+            "set dense_teacher.name to 'cse' or 'timm:<model>:<stage>'"
         )
 
     # ---- losses / optimiser

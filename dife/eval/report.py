@@ -1,0 +1,306 @@
+"""Reports of an evaluation: markdown tables, a JSON file and PNG panels.
+
+* :func:`markdown_report`: per crop protocol, one table per metric (methods x
+  groups, ``mean [95 % interval]``), a per-keypoint table and the pair counts.
+* :func:`json_report`: everything, including each pair's points, as plain JSON.
+* :func:`write_panels`: for each protocol, method and group, a PNG of the best
+  and worst pairs: the source crop with its points, and the target crop with
+  the ground truth (filled discs) and the transferred points (crosses) joined
+  by a line.
+
+All files are written atomically (:mod:`dife._io`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dife._io import atomic_path, atomic_write
+from dife.eval.metrics import METRICS, Stat
+
+if TYPE_CHECKING:
+    from dife.eval.readers import Face
+    from dife.eval.run import EvalResult
+
+__all__ = [
+    "METRIC_TITLES",
+    "format_stat",
+    "markdown_report",
+    "json_report",
+    "write_json",
+    "write_markdown",
+    "write_panels",
+]
+
+#: Table titles of the metrics.
+METRIC_TITLES: dict[str, str] = {
+    "err70": "Error in pixels of a 70 x 70 image (lower is better)",
+    "nerr": "Error / target inter-ocular distance (lower is better)",
+    "pck05": "PCK@0.05: % of points within 0.05 x crop side (higher is better)",
+    "pck10": "PCK@0.1: % of points within 0.1 x crop side (higher is better)",
+}
+
+_DIGITS = {"err70": 1, "nerr": 3, "pck05": 1, "pck10": 1}
+
+# keypoint colours in panels (RGB)
+_COLORS = (
+    (230, 60, 60),
+    (60, 130, 240),
+    (250, 210, 40),
+    (60, 200, 90),
+    (200, 90, 220),
+    (255, 140, 30),
+    (40, 210, 210),
+    (240, 120, 180),
+    (150, 150, 255),
+    (180, 230, 90),
+    (255, 255, 255),
+)
+
+
+def format_stat(stat: Stat | None, digits: int = 1, *, ci: bool = True) -> str:
+    """``"15.4 [14.1, 16.8]"`` (or ``"-"`` for a missing / empty stat)."""
+    if stat is None or stat.n_points == 0 or math.isnan(stat.mean):
+        return "-"
+    if not ci:
+        return f"{stat.mean:.{digits}f}"
+    return f"{stat.mean:.{digits}f} [{stat.lo:.{digits}f}, {stat.hi:.{digits}f}]"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def markdown_report(result: EvalResult, *, title: str | None = None) -> str:
+    """The markdown tables of an evaluation.
+
+    Args:
+        result: The :class:`~dife.eval.run.EvalResult`.
+        title: First heading (default: ``"Keypoint transfer on <data>"``).
+
+    Returns:
+        Markdown text.
+    """
+    cfg = result.config
+    lines = [f"# {title or 'Keypoint transfer on ' + str(cfg.get('data', ''))}", ""]
+    species = ", ".join(f"{k} {v}" for k, v in sorted(result.species_counts.items()))
+    lines += [
+        f"- images: {len(result.samples)} ({species})",
+        f"- pairs: {len(result.pairs)}, seed {cfg.get('seed')}, "
+        f"bootstrap {cfg.get('n_boot')} resamples of pairs (95 % intervals)",
+        f"- crop protocols: {', '.join(result.runs)}",
+        "",
+    ]
+    groups = result.group_names()
+    counts = result.pair_counts()
+    lines += _table(["group", *groups], [["pairs", *[str(counts.get(g, 0)) for g in groups]]])
+    lines.append("")
+    for protocol, runs in result.runs.items():
+        lines += [f"## Crop protocol: {protocol}", ""]
+        timing = ", ".join(f"{m} {r.seconds:.1f} s" for m, r in runs.items())
+        lines += [f"Wall time per method: {timing}.", ""]
+        cols = [*groups, "all"]
+        for metric in METRICS:
+            lines += [f"### {METRIC_TITLES[metric]}", ""]
+            rows = []
+            for m, r in runs.items():
+                rows.append([m, *[format_stat(_get(r.summary, g, metric), _DIGITS[metric]) for g in cols]])
+            lines += _table(["method", *cols], rows)
+            lines.append("")
+        names = sorted(
+            {k for r in runs.values() for k in (r.summary.get("all").per_keypoint if "all" in r.summary else {})}
+        )
+        if names:
+            lines += ["### Per keypoint, error in 70-px units (all groups)", ""]
+            rows = []
+            for m, r in runs.items():
+                per = r.summary["all"].per_keypoint if "all" in r.summary else {}
+                rows.append([m, *[format_stat(per.get(k, {}).get("err70"), 1) for k in names]])
+            lines += _table(["method", *names], rows)
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _get(summary: dict[str, Any], group: str, metric: str) -> Stat | None:
+    gs = summary.get(group)
+    return None if gs is None else gs.stats.get(metric)
+
+
+def _round(a: np.ndarray, nd: int = 3) -> list[Any]:
+    return np.round(np.asarray(a, dtype=np.float64), nd).tolist()
+
+
+def json_report(result: EvalResult, *, include_pairs: bool = True) -> dict[str, Any]:
+    """Everything about an evaluation as a JSON-friendly dict.
+
+    Keys: ``config``, ``n_images``, ``species``, ``pair_counts``, ``pairs``
+    (source / target ids per pair), ``results[protocol][method]`` with
+    ``method`` (its description), ``seconds``, ``groups`` (per group and
+    ``all``: each metric's ``mean`` / ``lo`` / ``hi`` / ``n_pairs`` /
+    ``n_points`` and ``per_keypoint``) and, with ``include_pairs``, ``pairs``
+    (each pair's transferred points, ground truth and errors).
+    """
+    out: dict[str, Any] = {
+        "config": dict(result.config),
+        "n_images": len(result.samples),
+        "species": dict(sorted(result.species_counts.items())),
+        "pair_counts": result.pair_counts(),
+        "pairs": [
+            {"group": p.group, "src": result.samples[p.src].id, "tgt": result.samples[p.tgt].id, "names": list(p.names)}
+            for p in result.pairs
+        ],
+        "results": {},
+    }
+    for protocol, runs in result.runs.items():
+        block: dict[str, Any] = {}
+        for m, r in runs.items():
+            entry: dict[str, Any] = {
+                "method": r.method,
+                "seconds": round(r.seconds, 3),
+                "groups": {g: s.to_dict() for g, s in r.summary.items()},
+            }
+            if include_pairs:
+                entry["pairs"] = [
+                    {
+                        "index": pr.index,
+                        "group": pr.group,
+                        "src": pr.src_id,
+                        "tgt": pr.tgt_id,
+                        "names": list(pr.names),
+                        "src_points": _round(pr.src_points),
+                        "pred": _round(pr.pred),
+                        "gt": _round(pr.gt),
+                        "err70": _round(pr.errors["err70"]),
+                    }
+                    for pr in r.results
+                ]
+            block[m] = entry
+        out["results"][protocol] = block
+    return out
+
+
+def write_json(result: EvalResult, path: str | os.PathLike[str], *, include_pairs: bool = True) -> Path:
+    """Write :func:`json_report` to ``path`` atomically; returns the path."""
+    p = Path(path)
+    text = json.dumps(json_report(result, include_pairs=include_pairs), indent=1, allow_nan=False)
+    with atomic_write(p, "w") as f:
+        f.write(text + "\n")
+    return p
+
+
+def write_markdown(result: EvalResult, path: str | os.PathLike[str], *, title: str | None = None) -> Path:
+    """Write :func:`markdown_report` to ``path`` atomically; returns the path."""
+    p = Path(path)
+    with atomic_write(p, "w") as f:
+        f.write(markdown_report(result, title=title))
+    return p
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("->", "_to_")).strip("_") or "x"
+
+
+def _tile(image: np.ndarray, side: int) -> tuple[Any, float, float]:
+    from PIL import Image
+
+    im = Image.fromarray(image)
+    sx, sy = side / im.width, side / im.height
+    return im.resize((side, side), Image.Resampling.BILINEAR), sx, sy
+
+
+def _scaled(p: Sequence[float], sx: float, sy: float) -> tuple[float, float]:
+    return ((p[0] + 0.5) * sx - 0.5, (p[1] + 0.5) * sy - 0.5)
+
+
+def _panel(
+    rows: Sequence[tuple[str, Face, Face, Any]],
+    side: int,
+) -> Any:
+    """One PNG: a row per pair, [source | target], caption above each row."""
+    from PIL import Image, ImageDraw
+
+    cap = 14
+    W, H = 2 * side + 6, len(rows) * (side + cap + 4)
+    canvas = Image.new("RGB", (W, max(H, 1)), (24, 24, 24))
+    draw = ImageDraw.Draw(canvas)
+    r = max(2.0, side / 60)
+    for i, (caption, src, tgt, pr) in enumerate(rows):
+        y0 = i * (side + cap + 4)
+        draw.text((2, y0 + 1), caption, fill=(235, 235, 235))
+        a, sxa, sya = _tile(src.image, side)
+        b, sxb, syb = _tile(tgt.image, side)
+        canvas.paste(a, (0, y0 + cap))
+        canvas.paste(b, (side + 6, y0 + cap))
+        for k, _name in enumerate(pr.names):
+            c = _COLORS[k % len(_COLORS)]
+            x, y = _scaled(pr.src_points[k], sxa, sya)
+            y += y0 + cap
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=c, outline=(0, 0, 0))
+            gx, gy = _scaled(pr.gt[k], sxb, syb)
+            px, py = _scaled(pr.pred[k], sxb, syb)
+            gx, px = gx + side + 6, px + side + 6
+            gy, py = gy + y0 + cap, py + y0 + cap
+            draw.line([(gx, gy), (px, py)], fill=c, width=1)
+            draw.ellipse([gx - r, gy - r, gx + r, gy + r], fill=c, outline=(0, 0, 0))
+            draw.line([(px - r, py - r), (px + r, py + r)], fill=c, width=2)
+            draw.line([(px - r, py + r), (px + r, py - r)], fill=c, width=2)
+    return canvas
+
+
+def write_panels(
+    result: EvalResult,
+    view: Callable[[str, int], Face],
+    out_dir: str | os.PathLike[str],
+    *,
+    k: int = 3,
+    side: int = 160,
+) -> list[Path]:
+    """PNG panels of the ``k`` best and ``k`` worst pairs (by mean 70-px error).
+
+    Args:
+        result: The evaluation.
+        view: ``(protocol, sample index) -> Face``: the crop each method saw.
+        out_dir: Folder; files are ``<protocol>_<method>_<group>.png``.
+        k: Pairs of each kind per panel.
+        side: Side of each image tile.
+
+    Returns:
+        The written paths.
+    """
+    out = Path(out_dir)
+    written: list[Path] = []
+    if k <= 0:
+        return written
+    for protocol, runs in result.runs.items():
+        for m, run in runs.items():
+            by_group: dict[str, list[Any]] = {}
+            for pr in run.results:
+                by_group.setdefault(pr.group, []).append(pr)
+            for group, prs in by_group.items():
+                ranked = sorted(prs, key=lambda p: (p.mean_err70, p.index))
+                best = ranked[:k]
+                worst = [p for p in reversed(ranked[-k:]) if p not in best] if len(ranked) > k else []
+                rows = []
+                for label, sel in (("best", best), ("worst", worst)):
+                    for j, pr in enumerate(sel):
+                        pair = result.pairs[pr.index]
+                        caption = f"{label} {j + 1}: {pr.mean_err70:.1f} px@70  {pr.src_id} -> {pr.tgt_id}"
+                        rows.append((caption, view(protocol, pair.src), view(protocol, pair.tgt), pr))
+                if not rows:
+                    continue
+                img = _panel(rows, side)
+                dest = out / f"{_slug(protocol)}_{_slug(m)}_{_slug(group)}.png"
+                with atomic_path(dest) as tmp:
+                    img.save(tmp, format="PNG")
+                written.append(dest)
+    return written
