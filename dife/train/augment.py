@@ -728,12 +728,12 @@ def correspondence(
         ``(grid1_to_2, valid)``:
 
         * ``grid1_to_2``: (B, S_a, S_a, 2) float32 ``(x, y)`` grid coordinates
-          of view *b* (integer = pixel centre, :mod:`dife.coords`), the
-          format of :func:`dife.train.losses.matching_loss`; ``-1`` (outside,
-          hence ignored by the loss) where not valid.
+            of view *b* (integer = pixel centre, :mod:`dife.coords`), the
+            format of :func:`dife.train.losses.matching_loss`; ``-1`` (outside,
+            hence ignored by the loss) where not valid.
         * ``valid``: (B, S_a, S_a) bool, True where ``s`` lies inside the
-          source (the pixel is not padding), ``q`` inside view *b*
-          (``-0.5 <= x, y <= S_b - 0.5``) and the inversion converged.
+            source (the pixel is not padding), ``q`` inside view *b*
+            (``-0.5 <= x, y <= S_b - 0.5``) and the inversion converged.
 
     Raises:
         ShapeError: bad warps or different batch sizes.

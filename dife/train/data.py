@@ -539,9 +539,9 @@ class SyntheticSource:
             seeded with ``seed`` (reproducible on every device).
         seed: Seed when no generator is given.
 
-    Yields:
-        ``{"image": (B, 3, S, S) float32 in [-1, 1], "features": {layer: (B, C, r, r)},
-        "w": (B, w_dim), "species": [species] * B}`` on the teacher's device.
+    Each batch (from iteration or :meth:`sample`) is a dict
+    ``{"image": (B, 3, S, S) float32 in [-1, 1], "features": {layer: (B, C, r, r)},
+    "w": (B, w_dim), "species": [species] * B}`` on the teacher's device.
     """
 
     def __init__(
@@ -818,14 +818,14 @@ def pair_batch(
 
         * ``image_a``, ``image_b``: (B, 3, S, S) views; ``aux``: (B, 3, S, S);
         * ``grid_ab``: (B, M, M, 2) float32 pixel coordinates in ``b``'s
-          M x M map of each pixel of ``a``'s map (``-1`` where invalid);
-          ``valid_ab``: (B, M, M) bool;
+            M x M map of each pixel of ``a``'s map (``-1`` where invalid);
+            ``valid_ab``: (B, M, M) bool;
         * ``mask_a``, ``mask_b``: (B, M, M) bool, pixels that show the source
-          (not the black padding);
+            (not the black padding);
         * ``aux_index``: (B,) long, the sample used as auxiliary; ``aux_cross``:
-          (B,) bool, whether its species differs;
+            (B,) bool, whether its species differs;
         * ``warp_a``, ``warp_b``, ``warp_aux``: the :class:`~dife.train.augment.Warp` objects
-          (e.g. ``correspondence(warp_a, warp_b, (96, 64))`` for other map sizes);
+            (e.g. ``correspondence(warp_a, warp_b, (96, 64))`` for other map sizes);
         * ``species``, ``aux_species``: lists of names;
         * ``{key}_a``, ``{key}_b`` for every key of ``maps``.
 
