@@ -118,7 +118,7 @@ def _pck_key(t: float) -> str:
     return "pck" + f"{t:.2f}".split(".")[1].rstrip("0").ljust(2, "0")
 
 
-@dataclass
+@dataclass(eq=False)
 class PairResult:
     """Everything measured on one pair.
 

@@ -145,7 +145,7 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 # ----------------------------------------------------------------- records
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Face:
     """A loaded face crop.
 

@@ -289,7 +289,8 @@ def write_panels(
             for group, prs in by_group.items():
                 ranked = sorted(prs, key=lambda p: (p.mean_err70, p.index))
                 best = ranked[:k]
-                worst = [p for p in reversed(ranked[-k:]) if p not in best] if len(ranked) > k else []
+                best_ids = {p.index for p in best}
+                worst = [p for p in reversed(ranked[-k:]) if p.index not in best_ids]
                 rows = []
                 for label, sel in (("best", best), ("worst", worst)):
                     for j, pr in enumerate(sel):

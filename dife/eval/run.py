@@ -1,9 +1,9 @@
 """Run an evaluation: read a dataset, draw pairs, transfer, measure, report.
 
 Example:
-    >>> from dife.eval import read_dataset, evaluate, resolve_method  # doctest: +SKIP
+    >>> from dife.eval import evaluate, markdown_report, read_dataset, resolve_method  # doctest: +SKIP
     >>> samples = read_dataset("../shared/data/faces")  # doctest: +SKIP
-    >>> res = evaluate(samples, [resolve_method("identity")], counts=100)  # doctest: +SKIP
+    >>> res, views = evaluate(samples, [resolve_method("identity")], counts=100)  # doctest: +SKIP
     >>> print(markdown_report(res))  # doctest: +SKIP
 
 For each crop protocol and method, every pair's shared keypoints are carried
