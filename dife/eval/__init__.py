@@ -20,8 +20,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dife._lazy import attach
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
@@ -171,14 +170,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dife.eval' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = attach(__name__, _LAZY)

@@ -10,8 +10,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from dife._lazy import attach
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
@@ -25,17 +26,7 @@ _LAZY: dict[str, str] = {
 __all__ = ["TrainConfig", "Trainer", "keypoint_transfer_error", "load_config", "train"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dife.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = attach(__name__, _LAZY)
 
 
 if TYPE_CHECKING:  # pragma: no cover
