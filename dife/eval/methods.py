@@ -549,7 +549,9 @@ def timm_nn(
         pretrained: Use timm's download instead (needs the network).
         input_size: Side of the network input (default: the model's
             ``pretrained_cfg`` input size).
-        grid, device, batch_size: As :class:`FeatureNNMethod`.
+        grid: As in :class:`FeatureNNMethod`.
+        device: As in :class:`FeatureNNMethod`.
+        batch_size: As in :class:`FeatureNNMethod`.
 
     Raises:
         TimmNotInstalledError, ModelNotFoundError, CheckpointError, InputError:

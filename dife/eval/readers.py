@@ -748,7 +748,11 @@ def read_animalweb(
         subject_side: The file's left / right are the animal's own sides
             (swap to image-side); default False (already image-side).
         species_of: Image stem -> species (default: the part before the last ``_``).
-        size, margin, min_side, max_outside, drop_inconsistent: as :func:`read_coco_keypoints`.
+        size: As in :func:`read_coco_keypoints`.
+        margin: As in :func:`read_coco_keypoints`.
+        min_side: As in :func:`read_coco_keypoints`.
+        max_outside: As in :func:`read_coco_keypoints`.
+        drop_inconsistent: As in :func:`read_coco_keypoints`.
 
     Returns:
         One :class:`FaceSample` per image, ``id`` = the path relative to ``root``.

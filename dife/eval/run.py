@@ -216,7 +216,10 @@ def run_eval(
         format: Dataset format.
         out: Folder for ``report.md``, ``results.json`` and ``panels/*.png``
             (None: write nothing).
-        protocols, counts, seed, n_boot: As :func:`evaluate`.
+        protocols: As in :func:`evaluate`.
+        counts: As in :func:`evaluate`.
+        seed: As in :func:`evaluate`.
+        n_boot: As in :func:`evaluate`.
         panels: Best / worst pairs per panel (0: no panels).
         method_options: Keyword arguments of :func:`resolve_method`.
         reader_options: Keyword arguments of the reader.
