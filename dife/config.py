@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,14 @@ class DIFEConfig:
         crop: Crop rule: ``"center_square"`` (square around the face box, or
             the centre square of the image without a box, resized to
             ``input_size``).
+        spatial_prior: Default weight ``λ`` of the optional spatial prior of
+            keypoint transfer (:func:`dife.transfer.transfer_keypoints`): a
+            target pixel's score is its cosine similarity minus
+            ``λ * d**2``, with ``d`` the distance between its relative position
+            in the target crop and the source point's in the source crop (in
+            crop sides). 0 (the paper) is pure appearance; a model may ship a
+            positive value measured on a development set. Callers override it
+            with ``spatial_prior=``.
         extra: Free-form metadata (teachers, training data, metrics...).
     """
 
@@ -65,6 +74,7 @@ class DIFEConfig:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     crop: str = "center_square"
+    spatial_prior: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -78,6 +88,10 @@ class DIFEConfig:
         for name in ("embed_dim", "planes_conv1", "planes_block", "planes_hg", "num_blocks", "depth", "input_size"):
             if int(getattr(self, name)) <= 0:
                 raise CheckpointError(f"config field {name} must be positive, got {getattr(self, name)}")
+        prior = self.spatial_prior
+        if isinstance(prior, bool) or not isinstance(prior, (int, float)) or not math.isfinite(prior) or prior < 0:
+            raise CheckpointError(f"config field spatial_prior must be a finite number >= 0, got {prior!r}")
+        self.spatial_prior = float(prior)
         if self.crop not in ("center_square",):
             raise CheckpointError(f"unknown crop rule {self.crop!r}; known: 'center_square'")
 

@@ -244,6 +244,8 @@ def match(
     window: int = 5,
     temperature: float = 0.02,
     chunk_size: int | None = None,
+    prior_points: torch.Tensor | None = None,
+    prior_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Nearest neighbours with optional soft-argmax refinement, in chunks.
 
@@ -258,15 +260,40 @@ def match(
         window: Odd soft-argmax window side (see :func:`refine_soft_argmax`).
         temperature: Soft-argmax temperature > 0.
         chunk_size: Queries per chunk; ``None``: automatic (:data:`CHUNK_BYTES`).
+        prior_points: Optional (N, 2) ``(x, y)`` expected location of each
+            match, in grid coordinates of a map of the same size as
+            ``target`` (usually the query's own position in its map).
+        prior_weight: Weight ``λ >= 0`` of the spatial prior: the score of
+            target pixel ``u`` is ``cos(q, t_u) - λ * |u - prior|² / S²``
+            (``S`` the larger map side), i.e. a Gaussian log-prior on the
+            relative position; 0 (default) is plain nearest neighbour.
 
     Returns:
         ``(points, similarity, peaks)``: ``points`` (N, 2) float ``(x, y)``
         grid coordinates of the matches (the peaks themselves when
         ``refine=False``); ``similarity`` (N,) the cosine similarity at the
-        integer peak, in [-1, 1]; ``peaks`` (N, 2) long integer peaks.
+        integer peak, in [-1, 1] (without the prior); ``peaks`` (N, 2) long
+        integer peaks.
+
+    Raises:
+        ShapeError: bad shapes.
+        InputError: bad window / temperature / prior weight, or a positive
+            prior weight without ``prior_points``.
     """
     _check_query_target(query, target)
     _check_window(window, temperature)
+    if (
+        isinstance(prior_weight, bool)
+        or not isinstance(prior_weight, (int, float))
+        or not math.isfinite(prior_weight)
+        or prior_weight < 0
+    ):
+        raise InputError(f"prior_weight must be a finite number >= 0, got {prior_weight!r}")
+    use_prior = prior_weight > 0
+    if use_prior:
+        if prior_points is None:
+            raise InputError("prior_weight > 0 needs prior_points")
+        _check_points(prior_points, "prior_points", query.shape[0])
     c, h, w = target.shape
     step = _chunk_size(chunk_size, target)
     flat_t = target.reshape(c, h * w)
@@ -277,9 +304,24 @@ def match(
     points = torch.empty((n, 2), dtype=dtype, device=target.device)
     peaks = torch.empty((n, 2), dtype=torch.long, device=target.device)
     sims = torch.empty((n,), dtype=dtype, device=target.device)
+    if use_prior:
+        assert prior_points is not None
+        side = float(max(h, w))
+        gx = torch.arange(w, device=target.device, dtype=dtype).repeat(h)  # row-major x of every pixel
+        gy = torch.arange(h, device=target.device, dtype=dtype).repeat_interleave(w)
+        pp = prior_points.to(target.device, dtype)
     for s in range(0, n, step):
         maps = query[s : s + step].to(target.device) @ flat_t
-        sim, idx = maps.max(dim=1)
+        if use_prior:
+            q = pp[s : s + step]
+            d2 = ((gx[None] - q[:, :1]) ** 2 + (gy[None] - q[:, 1:]) ** 2) / side**2
+            raw = maps
+            maps = raw - float(prior_weight) * d2
+            idx = maps.argmax(dim=1)
+            sim = raw.gather(1, idx[:, None])[:, 0]
+            del raw
+        else:
+            sim, idx = maps.max(dim=1)
         pk = torch.stack([idx % w, idx // w], dim=1)
         peaks[s : s + step] = pk
         sims[s : s + step] = sim

@@ -20,6 +20,7 @@ within 1.5 grid pixels of the source point.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -111,6 +112,20 @@ def _check_chunk(chunk_size: Any) -> None:
         raise InputError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
 
 
+def _check_prior(spatial_prior: Any, net: DIFE) -> float:
+    """The spatial prior weight to use: the argument, or the model's default."""
+    if spatial_prior is None:
+        return float(getattr(net.config, "spatial_prior", 0.0))
+    if (
+        isinstance(spatial_prior, bool)
+        or not isinstance(spatial_prior, (int, float))
+        or not math.isfinite(spatial_prior)
+        or spatial_prior < 0
+    ):
+        raise InputError(f"spatial_prior must be a finite number >= 0 or None, got {spatial_prior!r}")
+    return float(spatial_prior)
+
+
 def _as_points(points: Any) -> np.ndarray:
     if isinstance(points, torch.Tensor):
         if points.is_complex():
@@ -142,6 +157,7 @@ def _transfer_one(
     window: int,
     temperature: float,
     chunk_size: int | None,
+    spatial_prior: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N, 2) source image points -> (target image points, similarity, mutual), all numpy."""
     size = src_feats.shape[-1]
@@ -150,8 +166,17 @@ def _transfer_one(
     grid = np.clip(grid, 0.0, size - 1.0)  # points outside the crop: nearest border pixel
     g = torch.as_tensor(grid, dtype=src_feats.dtype, device=src_feats.device)
     desc = sample_descriptors(src_feats, g)
+    # the prior expects the match at the source point's relative position in the crop
+    prior = g * (tgt_feats.shape[-1] / size) if spatial_prior > 0 else None
     tgt_grid, sim, peaks = match(
-        desc, tgt_feats, refine=refine, window=window, temperature=temperature, chunk_size=chunk_size
+        desc,
+        tgt_feats,
+        refine=refine,
+        window=window,
+        temperature=temperature,
+        chunk_size=chunk_size,
+        prior_points=prior,
+        prior_weight=spatial_prior,
     )
     mutual = mutual_nearest(src_feats, tgt_feats, g, peaks.to(g.dtype), radius_px=MUTUAL_RADIUS, chunk_size=chunk_size)
     out = _clip_to_image(tgt_t.to_image(tgt_grid.detach().to("cpu", torch.float64).numpy()), tgt_t)
@@ -184,6 +209,7 @@ def transfer_keypoints(
     batch_size: int = 32,
     device: str | torch.device | None = None,
     chunk_size: int | None = None,
+    spatial_prior: float | None = None,
 ) -> Any:
     """Carry keypoints from source face(s) to target face(s).
 
@@ -233,6 +259,14 @@ def transfer_keypoints(
         device: Where to run (default: the model's device).
         chunk_size: Queries per chunk of the nearest-neighbour search
             (``None``: automatic, about 64 MiB of similarities at a time).
+        spatial_prior: Weight ``λ >= 0`` of a broad spatial prior: a target
+            pixel scores ``cos - λ * d**2``, ``d`` the distance between its
+            relative position in the target crop and the source point's in
+            the source crop, in crop sides (see :func:`dife.matching.match`).
+            ``None`` uses the model's ``config.spatial_prior`` (0 for the
+            paper's models; see the model card of the default model); ``0``
+            is pure appearance matching. Scores report the cosine similarity
+            without the prior.
 
     Returns:
         The transferred points, shaped as in the table, in target image pixel
@@ -285,11 +319,12 @@ def transfer_keypoints(
     tgt_boxes = normalize_boxes(tgt_box, T)
 
     net, _ = _setup(model, device)
+    prior = _check_prior(spatial_prior, net)
     P, N = len(pairs), pts.shape[-2]
     res = np.zeros((P, N, 2))
     sim = np.zeros((P, N))
     mut = np.zeros((P, N), dtype=bool)
-    opts = dict(refine=bool(refine), window=window, temperature=temperature, chunk_size=chunk_size)
+    opts = dict(refine=bool(refine), window=window, temperature=temperature, chunk_size=chunk_size, spatial_prior=prior)
 
     def chunk_name(kind: str, s: int, e: int, n: int) -> str:
         return kind if (s, e) == (0, n) else f"{kind}[{s}:{e}]"

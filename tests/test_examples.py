@@ -29,3 +29,20 @@ def test_transfer_keypoints_example(tmp_path, tiny_model):
     assert pts.shape == (5, 2)
     assert np.all((pts >= -0.5) & (pts <= [w - 0.5, h - 0.5]))
     assert Image.open(out).size[0] > w
+
+
+def test_every_example_documents_itself(capsys):
+    """Each script has a module docstring, a main(argv) with --help, and lists the site figures it writes."""
+    import pytest
+
+    scripts = sorted((ROOT / "examples").glob("*.py"))
+    assert len(scripts) >= 9
+    for path in scripts:
+        mod = _load(path.stem)
+        assert mod.__doc__ and "Run" in mod.__doc__, path.name
+        with pytest.raises(SystemExit) as info:
+            mod.main(["--help"])
+        assert info.value.code == 0
+        assert capsys.readouterr().out.startswith("usage:")
+        if path.stem != "transfer_keypoints":
+            assert isinstance(mod.FIGURES, tuple), path.name

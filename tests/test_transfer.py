@@ -295,3 +295,65 @@ def test_dense_errors(pos_model):
         dc.warp(np.zeros((64, 32, 3), np.uint8))
     with pytest.raises(InputError, match="output_size"):
         dc.warp(img, output_size=(0, 5))
+
+
+# ------------------------------------------------------------- spatial prior
+class FlatDIFE(DIFE):
+    """DIFE whose embedding is the same vector everywhere: appearance cannot decide."""
+
+    def __init__(self, spatial_prior: float = 0.0) -> None:
+        config = DIFEConfig(
+            embed_dim=4,
+            domains=(),
+            converter_dim=0,
+            planes_conv1=16,
+            planes_block=16,
+            planes_hg=16,
+            num_blocks=1,
+            depth=1,
+            spatial_prior=spatial_prior,
+        )
+        super().__init__(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ones(x.shape[0], 4, x.shape[2], x.shape[3], dtype=x.dtype, device=x.device)
+
+
+def test_spatial_prior_decides_where_appearance_cannot():
+    src = torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(1))
+    tgt = torch.rand(3, 192, 192, generator=torch.Generator().manual_seed(2))
+    pts = np.array([[30.0, 60.0], [80.0, 10.0]])
+    flat = FlatDIFE().eval()
+    # without a prior every target pixel ties and the first (top-left) wins
+    plain = transfer_keypoints(src, tgt, pts, model=flat, refine=False)
+    assert _err(plain, [[0.5, 0.5], [0.5, 0.5]]) < 1e-6
+    # with one, the match is the source point's relative position in the target crop
+    want = (pts + 0.5) * 2 - 0.5
+    got, scores = transfer_keypoints(src, tgt, pts, model=flat, spatial_prior=1.0, return_scores=True)
+    assert _err(got, want) < 1e-4  # soft-argmax refinement of a symmetric peak: float32 rounding only
+    np.testing.assert_allclose(scores.similarity, 1.0, atol=1e-6)  # the cosine, not the prior-penalised score
+    # the model's config supplies the default; an explicit 0 switches it off
+    assert _err(transfer_keypoints(src, tgt, pts, model=FlatDIFE(0.5).eval(), refine=False), want) < 1e-6
+    assert (
+        _err(transfer_keypoints(src, tgt, pts, model=FlatDIFE(0.5).eval(), spatial_prior=0, refine=False), plain) < 1e-6
+    )
+
+
+def test_spatial_prior_does_not_override_clear_appearance(pos_model):
+    img = canvas(96, 96)
+    shifted = crop(canvas(200, 200), 40, 10, 96, 96)  # the same ramp, seen 40 px left / 10 px up
+    pts = np.array([[60.0, 70.0]])
+    base = transfer_keypoints(img, shifted, pts, model=pos_model, spatial_prior=0.0)
+    assert _err(base, pts - np.array([[40.0, 10.0]])) < 1.0
+    weak = transfer_keypoints(img, shifted, pts, model=pos_model, spatial_prior=0.05)
+    assert _err(weak, base) < 0.5
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), "1", True])
+def test_bad_spatial_prior_is_an_input_error(bad):
+    with pytest.raises(InputError, match="spatial_prior"):
+        transfer_keypoints(
+            torch.rand(3, 32, 32), torch.rand(3, 32, 32), [[3.0, 4.0]], model=FlatDIFE(), spatial_prior=bad
+        )
+    with pytest.raises(Exception, match="spatial_prior"):
+        DIFEConfig(spatial_prior=bad)

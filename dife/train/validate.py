@@ -159,6 +159,7 @@ def keypoint_transfer_error(
     batch_size: int = 32,
     refine: bool = False,
     device: Any = None,
+    spatial_prior: float = 0.0,
 ) -> TransferError:
     """Mean cross-species keypoint-transfer error of ``model`` on a labelled folder.
 
@@ -181,6 +182,9 @@ def keypoint_transfer_error(
         batch_size: Images per forward pass.
         refine: Sub-pixel soft-argmax refinement of the matches.
         device: Where to run (default: the model's device).
+        spatial_prior: Weight of the spatial prior of
+            :func:`~dife.transfer.transfer_keypoints`; 0 (default) measures
+            the embedding alone, ``None`` uses the model's default.
 
     Returns:
         A :class:`TransferError` (``overall`` and ``per_pair`` in 70-px units).
@@ -247,6 +251,7 @@ def keypoint_transfer_error(
                 refine=refine,
                 batch_size=batch_size,
                 device=device,
+                spatial_prior=spatial_prior,
             )
             pred = np.asarray(pred, dtype=np.float64).reshape(gt.shape)
             scale = np.array([SCALE / _image_side(t.path, sides) for _, t in items])[:, None]

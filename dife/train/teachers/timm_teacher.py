@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +129,14 @@ class TimmTeacher(nn.Module):
     Args:
         model_name: timm architecture name (``"resnet50"``, ``"convnext_tiny"``...).
         stage: Index into the model's ``feature_info`` (``out_indices=(stage,)``).
-        weights: Path of a timm-format state dict (see the module docstring).
+        weights: Path of a timm-format state dict (see the module docstring),
+            or the state dict itself.
         pretrained: Download timm's pretrained weights instead.
         input_size: Optional square side the images are resized to (bilinear,
             antialiased when shrinking) before the network; None keeps them.
+        mean: Per-channel mean of the normalisation of [0, 1] RGB (default:
+            the model's ``pretrained_cfg``, else ImageNet's).
+        std: Per-channel std (same default rule).
         **model_kwargs: Extra keyword arguments of ``timm.create_model``.
 
     Attributes:
@@ -154,9 +158,11 @@ class TimmTeacher(nn.Module):
         model_name: str,
         stage: int,
         *,
-        weights: str | os.PathLike[str] | None = None,
+        weights: str | os.PathLike[str] | Mapping[str, torch.Tensor] | None = None,
         pretrained: bool = False,
         input_size: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         **model_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -171,7 +177,12 @@ class TimmTeacher(nn.Module):
         timm = _import_timm()
         if not isinstance(model_name, str) or not timm.is_model(model_name.split(".")[0]):
             raise ModelNotFoundError(f"timm has no model named {model_name!r} (see timm.list_models())")
-        state = load_timm_state_dict(weights) if weights is not None else None
+        if isinstance(weights, Mapping):
+            state: Mapping[str, torch.Tensor] | None = dict(weights)
+            source = "the given state dict"
+        else:
+            state = load_timm_state_dict(weights) if weights is not None else None
+            source = str(weights)
         try:
             model = timm.create_model(
                 model_name, pretrained=pretrained, features_only=True, out_indices=(stage,), **model_kwargs
@@ -183,8 +194,8 @@ class TimmTeacher(nn.Module):
                 raise ModelNotFoundError(f"cannot get the pretrained weights of {model_name!r}: {exc}") from None
             raise
         if state is not None:
-            self._check_full_architecture(timm, model_name, state, model_kwargs, source=str(weights))
-            _load_features(model, state, source=str(weights))
+            self._check_full_architecture(timm, model_name, state, model_kwargs, source=source)
+            _load_features(model, state, source=source)
         self.model = model
         self.model_name = model_name
         self.stage = stage
@@ -193,8 +204,8 @@ class TimmTeacher(nn.Module):
         self.out_channels = int(info.channels()[-1])
         self.reduction = int(info.reduction()[-1])
         cfg = getattr(model, "pretrained_cfg", None) or {}
-        mean = tuple(cfg.get("mean") or _IMAGENET_MEAN)
-        std = tuple(cfg.get("std") or _IMAGENET_STD)
+        mean = tuple(mean if mean is not None else (cfg.get("mean") or _IMAGENET_MEAN))
+        std = tuple(std if std is not None else (cfg.get("std") or _IMAGENET_STD))
         if len(mean) != 3 or len(std) != 3:
             raise InputError(f"{model_name!r} is not an RGB model (mean {mean}, std {std})")
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)

