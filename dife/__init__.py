@@ -46,9 +46,9 @@ _LAZY: dict[str, str] = {
     "parse_face": "dife.parsing",
     "FaceParser": "dife.parsing",
     "kmeans": "dife.parsing",
-    "overlay": "dife.overlay",
-    "Asset": "dife.overlay",
-    "load_asset": "dife.overlay",
+    "overlay": "dife.compositing",
+    "Asset": "dife.compositing",
+    "load_asset": "dife.compositing",
     # models
     "get_default_model": "dife.defaults",
     "set_default_model": "dife.defaults",
@@ -101,6 +101,7 @@ __getattr__, __dir__ = attach(__name__, _LAZY)
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from dife.compositing import Asset, load_asset, overlay
     from dife.config import DIFEConfig
     from dife.coords import CropTransform, square_crop
     from dife.defaults import get_default_model, set_default_model
@@ -117,7 +118,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from dife.images import load_image
     from dife.modeling.dife import DIFE
-    from dife.overlay import Asset, load_asset, overlay
     from dife.parsing import FaceParser, kmeans, parse_face
     from dife.registry import list_models
     from dife.transfer import DenseCorrespondence, KeypointScores, transfer_dense, transfer_keypoints

@@ -24,11 +24,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates the file 0600; give it the permissions a plain open() would (0666 minus umask).
+    # Set again after the block: writers such as safetensors' save_file recreate the file 0600.
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -309,7 +309,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
 
 
 def cmd_overlay(args: argparse.Namespace) -> int:
-    from dife.overlay import load_asset, overlay
+    from dife.compositing import load_asset, overlay
 
     out = _check_output(args.output, [args.image])
     if out is None:

@@ -13,12 +13,31 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from dife.errors import CheckpointError, UnknownDomainError
+from dife.errors import CheckpointError, InputError, UnknownDomainError
 
 __all__ = ["DIFEConfig", "PAPER_DOMAINS"]
 
 #: Species of the paper's released models, in the authors' converter order.
 PAPER_DOMAINS = ("human", "dog", "cat")
+
+
+def check_spatial_prior(value: Any, what: str = "spatial_prior", error: type[Exception] = InputError) -> float:
+    """Validate a spatial-prior weight ``λ`` (see :attr:`DIFEConfig.spatial_prior`).
+
+    Args:
+        value: The weight; must be a finite real number ``>= 0`` (not a bool).
+        what: How the error message names the value.
+        error: Exception class raised for a bad value.
+
+    Returns:
+        The weight as a float.
+
+    Raises:
+        InputError: (or ``error``) when the value is not a finite number >= 0.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise error(f"{what} must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 @dataclass
@@ -88,10 +107,7 @@ class DIFEConfig:
         for name in ("embed_dim", "planes_conv1", "planes_block", "planes_hg", "num_blocks", "depth", "input_size"):
             if int(getattr(self, name)) <= 0:
                 raise CheckpointError(f"config field {name} must be positive, got {getattr(self, name)}")
-        prior = self.spatial_prior
-        if isinstance(prior, bool) or not isinstance(prior, (int, float)) or not math.isfinite(prior) or prior < 0:
-            raise CheckpointError(f"config field spatial_prior must be a finite number >= 0, got {prior!r}")
-        self.spatial_prior = float(prior)
+        self.spatial_prior = check_spatial_prior(self.spatial_prior, "config field spatial_prior", CheckpointError)
         if self.crop not in ("center_square",):
             raise CheckpointError(f"unknown crop rule {self.crop!r}; known: 'center_square'")
 

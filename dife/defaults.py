@@ -49,7 +49,7 @@ def _describe(name: str) -> str:
 
     entry = get_entry(name)
     if entry.source == "random":
-        return f"{name} (random initialisation, seed {entry.seed} — no trained default model ships yet)"
+        return f"{name} (random initialisation, seed {entry.seed} — the packaged dife-base weights are missing)"
     return f"{name} ({entry.description})"
 
 
@@ -177,8 +177,7 @@ def resolve_model(model: Any = None) -> DIFE:
 def default_model_info() -> str:
     """One line saying which weights the default model uses (loaded or not yet).
 
-    Example: ``"dife-untrained (random initialisation, seed 0 — no trained
-    default model ships yet)"``.
+    Example: ``"dife-base (The default: a 0.49 M-parameter DIFE encoder ...)"``.
     """
     with _lock:
         if _default_label is not None:

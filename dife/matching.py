@@ -20,6 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from dife.config import check_spatial_prior
 from dife.errors import InputError, ShapeError
 
 __all__ = [
@@ -282,13 +283,7 @@ def match(
     """
     _check_query_target(query, target)
     _check_window(window, temperature)
-    if (
-        isinstance(prior_weight, bool)
-        or not isinstance(prior_weight, (int, float))
-        or not math.isfinite(prior_weight)
-        or prior_weight < 0
-    ):
-        raise InputError(f"prior_weight must be a finite number >= 0, got {prior_weight!r}")
+    prior_weight = check_spatial_prior(prior_weight, "prior_weight")
     use_prior = prior_weight > 0
     if use_prior:
         if prior_points is None:

@@ -123,10 +123,13 @@ MODELS: dict[str, ModelEntry] = {
     for e in (
         ModelEntry(
             name="dife-base",
-            description="DIFE trained by the dife project (paper architecture, human and dog); not shipped yet",
+            description=(
+                "The default: a 0.49 M-parameter DIFE encoder trained by the dife project on real face photos "
+                "of six species (recipe dife_base; no converters; non-commercial research terms)"
+            ),
             source="package",
             path="dife-base",
-            domains=("human", "dog"),
+            domains=(),
         ),
         ModelEntry(
             name="dife-untrained",
@@ -181,14 +184,15 @@ def resolve(name: str) -> ModelEntry:
 
     Raises:
         ModelNotFoundError: for unknown names; for a ``package`` entry whose
-            files are not shipped (no trained default ships yet); for an
+            files are missing from this installation; for an
             ``official`` entry (says how to download and convert it).
     """
     entry = get_entry(name)
     if entry.source == "package" and not entry.is_available():
         raise ModelNotFoundError(
             f"model {name!r} is not available: its weights ({entry.local_dir}/config.json, model.safetensors) "
-            f"are not shipped with this version of dife (no trained default model ships yet). "
+            f"are missing from this installation of dife (they ship inside the package: reinstall dife, "
+            f"or build it with its package data). "
             f"Use 'dife-untrained' for plumbing, a model folder / hub repo of your own, or the authors' weights: "
             f"{get_entry('dife-official-human-dog').convert_hint()}"
         )

@@ -20,7 +20,6 @@ within 1.5 grid pixels of the source point.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dife.config import check_spatial_prior
 from dife.coords import CropTransform, check_points_inside
 from dife.embedding import Embedding, embed, normalize_boxes
 from dife.errors import DIFEError, InputError, ShapeError
@@ -116,14 +116,7 @@ def _check_prior(spatial_prior: Any, net: DIFE) -> float:
     """The spatial prior weight to use: the argument, or the model's default."""
     if spatial_prior is None:
         return float(getattr(net.config, "spatial_prior", 0.0))
-    if (
-        isinstance(spatial_prior, bool)
-        or not isinstance(spatial_prior, (int, float))
-        or not math.isfinite(spatial_prior)
-        or spatial_prior < 0
-    ):
-        raise InputError(f"spatial_prior must be a finite number >= 0 or None, got {spatial_prior!r}")
-    return float(spatial_prior)
+    return check_spatial_prior(spatial_prior, "spatial_prior (or None)")
 
 
 def _as_points(points: Any) -> np.ndarray:

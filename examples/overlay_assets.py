@@ -24,7 +24,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 import dife
-from dife.overlay import overlay  # the function (dife.overlay can be shadowed by the submodule)
+from dife import overlay
 
 HERE = Path(__file__).resolve().parent
 IMAGES = HERE / "images"

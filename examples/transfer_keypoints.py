@@ -3,8 +3,7 @@
 Run: ``python examples/transfer_keypoints.py [--model NAME_OR_PATH] [-o docs/images/transfer.jpg]``.
 Writes a side-by-side picture (source points left, transferred points right,
 lines coloured by confidence) and prints the transferred points. The picture
-shows whatever model is used: with the untrained placeholder the points land
-at random places.
+shows whatever model is used (the default, ``dife-base``, unless ``--model``).
 """
 
 from __future__ import annotations

@@ -181,12 +181,11 @@ def test_a_real_trainer_step_is_timed(speed, tiny_folder, keep_threads) -> None:
     assert "2 species" in row.what and "efficientnet_lite0" in row.note
 
 
-def test_default_model_falls_back_to_untrained_when_dife_base_is_missing(speed, monkeypatch) -> None:
+def test_default_model_falls_back_to_untrained_when_dife_base_is_missing(speed, monkeypatch, tmp_path) -> None:
+    from dife import registry
     from dife.errors import ModelNotFoundError
-    from dife.registry import get_entry
 
-    if get_entry("dife-base").is_available():
-        pytest.skip("dife-base ships: nothing to fall back from")
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "no-weights")  # hide the packaged dife-base
     calls = []
 
     import dife
@@ -297,11 +296,10 @@ def test_accuracy_stops_on_a_method_it_cannot_build(accuracy, tmp_path, capsys) 
     assert "**dropped**" in (tmp_path / "res" / "accuracy_dev.md").read_text()
 
 
-def test_accuracy_says_when_dife_base_is_missing(accuracy, tmp_path, capsys) -> None:
-    from dife.registry import get_entry
+def test_accuracy_says_when_dife_base_is_missing(accuracy, tmp_path, capsys, monkeypatch) -> None:
+    from dife import registry
 
-    if get_entry("dife-base").is_available():
-        pytest.skip("dife-base ships")
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "no-weights")  # hide the packaged dife-base
     data = _faces(tmp_path / "faces")
     with pytest.raises(SystemExit):
         accuracy.main(["--data", str(data), "--out", str(tmp_path / "res")])  # default methods: dife-base first

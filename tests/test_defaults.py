@@ -18,6 +18,7 @@ from dife.hub import save_pretrained
 from dife.modeling import DIFE
 
 ROOT = Path(__file__).resolve().parents[1]
+REAL_WEIGHTS_DIR = registry.WEIGHTS_DIR
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +84,17 @@ def test_trained_default_does_not_warn(counting_loader):
         defaults.get_default_model()
 
 
-def test_real_default_is_untrained_paper_model():
+def test_real_default_is_the_shipped_dife_base(monkeypatch):
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", REAL_WEIGHTS_DIR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = defaults.get_default_model()
+    assert isinstance(model, DIFE) and not model.training and model.device == torch.device("cpu")
+    assert model.config.num_domains == 0 and model.config.spatial_prior == 2.0
+    assert defaults.default_model_info().startswith("dife-base (")
+
+
+def test_default_without_packaged_weights_is_untrained_paper_model():
     with pytest.warns(UserWarning, match="meaningless"):
         model = defaults.get_default_model()
     assert isinstance(model, DIFE) and not model.training and model.config.extra["trained"] is False
@@ -93,7 +104,7 @@ def test_real_default_is_untrained_paper_model():
 
 def test_default_model_info_without_loading(counting_loader):
     info = defaults.default_model_info()
-    assert info == "dife-untrained (random initialisation, seed 0 — no trained default model ships yet)"
+    assert info == "dife-untrained (random initialisation, seed 0 — the packaged dife-base weights are missing)"
     assert counting_loader == []
 
 
@@ -140,4 +151,4 @@ def test_resolve_model(tmp_path, tiny_model, counting_loader):
     with pytest.raises(InputError, match="got float"):
         defaults.resolve_model(1.5)
     with pytest.raises(ModelNotFoundError):
-        defaults.resolve_model("dife-base")  # not shipped (the fixture hides any packaged weights)
+        defaults.resolve_model("dife-base")  # the fixture hides the packaged weights

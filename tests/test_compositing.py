@@ -1,4 +1,4 @@
-"""Tests of dife.overlay: assets, transform estimation, anchor placement, errors."""
+"""Tests of dife.compositing (dife.overlay): assets, transform estimation, anchor placement, errors."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 import dife
+from dife.compositing import BUILTIN_ASSETS, Asset, estimate_transform, list_assets, load_asset, overlay
 from dife.errors import ImageError, InputError, KeypointError, ShapeError
-from dife.overlay import BUILTIN_ASSETS, Asset, estimate_transform, list_assets, load_asset, overlay
 
 ASSETS_DIR = Path(dife.__file__).resolve().parent / "assets"
 # distinctive anchor dot colours: one pure channel each

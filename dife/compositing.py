@@ -15,7 +15,7 @@ development set: ``"glasses"`` on ``eye_left_img``, ``eye_right_img`` and
 ``nose``; ``"party_hat"`` on the two eyes only.
 
 Example:
-    >>> from dife.overlay import overlay
+    >>> from dife.compositing import overlay
     >>> out = overlay("cat.jpg", "glasses", keypoints={"eye_left_img": (100, 120),
     ...                                                 "eye_right_img": (160, 118)})  # doctest: +SKIP
 """

