@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -55,3 +57,32 @@ def tiny_model(tiny_config):
 
     torch.manual_seed(0)
     return DIFE(tiny_config).eval()
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """Import a repository script by path (``"examples/x.py"``, ``"tools/y.py"``); returns a loader."""
+
+    def load(rel: str, name: str | None = None) -> ModuleType:
+        path = ROOT / rel
+        spec = importlib.util.spec_from_file_location(name or f"script_{path.parent.name}_{path.stem}", path)
+        assert spec is not None and spec.loader is not None, path
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module (the test machines have 2 shared cores); restored after.
+
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,14 +10,6 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _face(path: Path, rng: np.random.Generator, size: int = 64) -> None:
@@ -59,8 +50,8 @@ def model_dir(tmp_path_factory, tiny_model) -> Path:
     return tiny_model.save_pretrained(tmp_path_factory.mktemp("model"))
 
 
-def test_faces_folder(tmp_path, model_dir):
-    mod = load_example("evaluate_dataset")
+def test_faces_folder(load_script, tmp_path, model_dir):
+    mod = load_script("examples/evaluate_dataset.py")
     data = _faces_folder(tmp_path / "faces")
     out = tmp_path / "out"
     summary = mod.main(
@@ -93,8 +84,8 @@ def test_faces_folder(tmp_path, model_dir):
     assert sorted(p.name for p in (out / "panels").glob("aligned_dife_*.png"))
 
 
-def test_animalweb_layout_without_results_json(tmp_path, model_dir):
-    mod = load_example("evaluate_dataset")
+def test_animalweb_layout_without_results_json(load_script, tmp_path, model_dir):
+    mod = load_script("examples/evaluate_dataset.py")
     data = _animalweb(tmp_path / "animalweb")
     out = tmp_path / "out"
     summary = mod.main(

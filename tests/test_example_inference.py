@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,14 +14,6 @@ IMAGES = ROOT / "examples" / "images"
 CAT_W, CAT_H = 451, 300
 
 
-def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tiny_model) -> Path:
     return tiny_model.save_pretrained(tmp_path_factory.mktemp("model"))
@@ -33,8 +24,8 @@ def _inside(points, w: int, h: int) -> bool:
     return bool(np.all((p >= -0.5) & (p <= [w - 0.5, h - 0.5])))
 
 
-def test_transfer_species(tmp_path, model_dir, tiny_model):
-    mod = load_example("transfer_species")
+def test_transfer_species(load_script, tmp_path, model_dir, tiny_model):
+    mod = load_script("examples/transfer_species.py")
     out = tmp_path / "out"
     summary = mod.main(["--model", str(model_dir), "--out", str(out), "--stride", "6"])
     assert {p.name for p in out.iterdir()} == {*mod.FIGURES, "summary.json"}
@@ -66,8 +57,8 @@ def test_transfer_species(tmp_path, model_dir, tiny_model):
     assert Image.open(out / "embeddings.jpg").size[1] == 192
 
 
-def test_face_parsing(tmp_path, model_dir):
-    mod = load_example("face_parsing")
+def test_face_parsing(load_script, tmp_path, model_dir):
+    mod = load_script("examples/face_parsing.py")
     out = tmp_path / "out"
     summary = mod.main(["--model", str(model_dir), "--parts", "3", "--out", str(out)])
     assert summary["n_parts"] == 3
@@ -88,8 +79,8 @@ def test_face_parsing(tmp_path, model_dir):
     assert Image.open(out / "parts.jpg").size == (300 + 4 + CAT_W, 300)
 
 
-def test_overlay_assets(tmp_path, model_dir):
-    mod = load_example("overlay_assets")
+def test_overlay_assets(load_script, tmp_path, model_dir):
+    mod = load_script("examples/overlay_assets.py")
     out = tmp_path / "out"
     summary = mod.main(["--model", str(model_dir), "--out", str(out)])
     assert set(summary["cat_keypoints"]) == {"eye_left_img", "eye_right_img", "nose"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -16,14 +15,6 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch, tmp_path_factory):
     """Whatever is not replaced below stays offline, on an empty cache."""
@@ -33,7 +24,7 @@ def _no_network(monkeypatch, tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- the authors' checkpoint
-def test_import_official_in_the_authors_layout(tmp_path, tiny_model):
+def test_import_official_in_the_authors_layout(load_script, tmp_path, tiny_model):
     from dife.official import dife_to_official
 
     # a small checkpoint with the authors' key names (hg.*, transformer.*), as their training script saves it
@@ -42,7 +33,7 @@ def test_import_official_in_the_authors_layout(tmp_path, tiny_model):
     ckpt = tmp_path / "human+dog.pth"
     torch.save({"state_dict": state}, ckpt)
 
-    mod = load_example("import_official")
+    mod = load_script("examples/import_official.py")
     out, figure = tmp_path / "converted", tmp_path / "transfer.jpg"
     summary = mod.main([str(ckpt), "--out", str(out), "--figure", str(figure)])
     assert summary["files"] == ["README.md", "config.json", "model.safetensors"]
@@ -59,9 +50,9 @@ def test_import_official_in_the_authors_layout(tmp_path, tiny_model):
     assert Image.open(figure).size[0] > 512
 
 
-def test_import_official_reference_fixture(tmp_path, fixtures_dir):
+def test_import_official_reference_fixture(load_script, tmp_path, fixtures_dir):
     """The shared tiny checkpoint saved by the authors' code imports and reproduces their outputs."""
-    mod = load_example("import_official")
+    mod = load_script("examples/import_official.py")
     summary = mod.main(
         [str(fixtures_dir / "dife_official_tiny_state.pt"), "--out", str(tmp_path / "m"), "--domains", "d0", "d1"]
     )
@@ -75,7 +66,7 @@ def test_import_official_reference_fixture(tmp_path, fixtures_dir):
 
 
 # --------------------------------------------------------------------------- the Hub, replaced by a local folder
-def test_push_to_hub_round_trip(tmp_path, monkeypatch, tiny_model):
+def test_push_to_hub_round_trip(load_script, tmp_path, monkeypatch, tiny_model):
     hub = tmp_path / "hub"  # stands in for huggingface.co: one folder per repo
     calls = []
 
@@ -99,7 +90,7 @@ def test_push_to_hub_round_trip(tmp_path, monkeypatch, tiny_model):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
 
     model_dir = tiny_model.save_pretrained(tmp_path / "trained")
-    mod = load_example("push_to_hub")
+    mod = load_script("examples/push_to_hub.py")
     summary = mod.main(
         [
             str(model_dir),

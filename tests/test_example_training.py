@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -14,27 +13,14 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_paper_recipe_demo(tmp_path, fixtures_dir):
+def test_paper_recipe_demo(load_script, tmp_path, fixtures_dir):
     from dife.modeling.dife import DIFE
     from dife.train import load_config
 
-    mod = load_example("train_paper_recipe")
+    mod = load_script("examples/train_paper_recipe.py")
     out, figures = tmp_path / "run", tmp_path / "figures"
     summary = mod.main(
         [
@@ -115,11 +101,11 @@ TINY = [
 ]
 
 
-def test_train_from_photos(tmp_path):
+def test_train_from_photos(load_script, tmp_path):
     from dife.modeling.dife import DIFE
     from dife.train import load_config
 
-    mod = load_example("train_from_photos")
+    mod = load_script("examples/train_from_photos.py")
     out, figures = tmp_path / "run", tmp_path / "figures"
     teacher = TinyTeacher()
     summary = mod.main(
@@ -151,8 +137,8 @@ def test_train_from_photos(tmp_path):
         assert im.size == (2 * (4 * 128 + 3 * 4), 256)
 
 
-def test_warps_figure_only(tmp_path):
-    mod = load_example("train_from_photos")
+def test_warps_figure_only(load_script, tmp_path):
+    mod = load_script("examples/train_from_photos.py")
     summary = mod.main(["--warps-only", "--figures", str(tmp_path)])
     assert summary == {"figure": str(tmp_path / "warps.jpg")}
     img = np.asarray(Image.open(tmp_path / "warps.jpg").convert("RGB")).astype(int)

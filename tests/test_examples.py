@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,19 +10,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_transfer_keypoints_example(tmp_path, tiny_model):
+def test_transfer_keypoints_example(load_script, tmp_path, tiny_model):
     model_dir = tmp_path / "model"
     tiny_model.save_pretrained(model_dir)
     out = tmp_path / "panel.jpg"
-    result = _load("transfer_keypoints").main(["--model", str(model_dir), "-o", str(out)])
+    result = load_script("examples/transfer_keypoints.py").main(["--model", str(model_dir), "-o", str(out)])
     w, h = Image.open(ROOT / "examples" / "images" / "chelsea.jpg").size
     pts = np.asarray(result["points"])
     assert pts.shape == (5, 2)
@@ -31,14 +22,14 @@ def test_transfer_keypoints_example(tmp_path, tiny_model):
     assert Image.open(out).size[0] > w
 
 
-def test_every_example_documents_itself(capsys):
+def test_every_example_documents_itself(load_script, capsys):
     """Each script has a module docstring, a main(argv) with --help, and lists the site figures it writes."""
     import pytest
 
     scripts = sorted((ROOT / "examples").glob("*.py"))
     assert len(scripts) >= 9
     for path in scripts:
-        mod = _load(path.stem)
+        mod = load_script(f"examples/{path.stem}.py")
         assert mod.__doc__ and "Run" in mod.__doc__, path.name
         with pytest.raises(SystemExit) as info:
             mod.main(["--help"])

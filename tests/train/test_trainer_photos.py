@@ -74,12 +74,7 @@ def _config(tmp_path: Path, **top) -> dict:
     return cfg
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_teacher_cache_computes_each_photo_once_and_changes_nothing(tmp_path: Path) -> None:

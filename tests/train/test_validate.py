@@ -14,15 +14,7 @@ from dife.train.validate import SCALE, keypoint_transfer_error, read_annotations
 FACES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "faces"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test machines have 2 shared cores: one intra-op thread avoids oversubscription (restored after)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
