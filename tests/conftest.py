@@ -86,3 +86,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def tiny_cse_checkpoint(tmp_path: Path) -> Path:
+    """A detectron2-layout (``{"model": state}``) checkpoint of a tiny random CSE teacher (8-d embedding)."""
+    import torch
+
+    from dife.train.teachers.cse import CSEConfig, CSETeacher
+
+    cfg = CSEConfig(
+        blocks=(1, 1, 1, 1),
+        stem_channels=8,
+        width_per_group=4,
+        res2_out_channels=16,
+        fpn_channels=16,
+        decoder_channels=16,
+        decoder_out_channels=16,
+        head_convs=2,
+        head_channels=16,
+        embed_dim=8,
+        pooler_resolution=7,
+        input_size=None,
+    )
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for k, v in CSETeacher(cfg).state_dict().items():
+        t = torch.randn(v.shape, generator=g) * 0.1
+        state[k] = t.abs() + 0.5 if k.endswith("running_var") else t  # valid BatchNorm statistics
+    path = tmp_path / "tiny_cse.pth"
+    torch.save({"model": state}, path)
+    return path

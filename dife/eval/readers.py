@@ -319,56 +319,62 @@ def is_image_side_consistent(keypoints: Mapping[str, Sequence[float]]) -> bool:
     return True
 
 
-def _make_sample(
-    *,
-    sid: str,
-    path: Path,
-    species: str,
-    keypoints: dict[str, tuple[float, float]],
-    dataset: str,
-    size: int,
-    margin: float,
-    min_side: float,
-    max_outside: float,
-    drop_inconsistent: bool,
-    image_size: tuple[int, int] | None = None,
-    box_names: Iterable[str] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> FaceSample | None:
-    """Crop rule + filters shared by the cropping readers; None when the face is skipped."""
-    if not keypoints:
-        return None
-    if drop_inconsistent and not is_image_side_consistent(keypoints):
-        return None
-    names = [n for n in (box_names or keypoints) if n in keypoints] or list(keypoints)
-    box = face_box([keypoints[n] for n in names], margin=margin)
-    if box[2] < min_side:
-        return None
-    if max_outside < 1.0:
-        w, h = image_size if image_size is not None else _image_size(path)
-        if _outside_fraction(box, w, h) > max_outside:
+@dataclass(frozen=True)
+class _CropRule:
+    """The crop rule and filters shared by the cropping readers (validated on construction)."""
+
+    size: int
+    margin: float
+    min_side: float
+    max_outside: float
+    drop_inconsistent: bool
+
+    def __post_init__(self) -> None:
+        size = self.size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+            raise InputError(f"size must be an int >= 8 (the crop side in pixels), got {size!r}")
+        if not self.margin > 0:
+            raise InputError(f"margin must be positive, got {self.margin!r}")
+        if not self.min_side >= 0:
+            raise InputError(f"min_side must be >= 0, got {self.min_side!r}")
+        if not 0.0 <= self.max_outside <= 1.0:
+            raise InputError(f"max_outside must be in [0, 1], got {self.max_outside!r}")
+
+    def sample(
+        self,
+        *,
+        sid: str,
+        path: Path,
+        species: str,
+        keypoints: dict[str, tuple[float, float]],
+        dataset: str,
+        image_size: tuple[int, int] | None = None,
+        box_names: Iterable[str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> FaceSample | None:
+        """The face's sample, or None when the rule skips it."""
+        if not keypoints:
             return None
-    return FaceSample(
-        id=sid,
-        image_path=path,
-        species=species.lower(),
-        keypoints=keypoints,
-        box=box,
-        size=size,
-        dataset=dataset,
-        extra=dict(extra or {}),
-    )
-
-
-def _check_crop_options(size: int, margin: float, min_side: float, max_outside: float) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise InputError(f"size must be an int >= 8 (the crop side in pixels), got {size!r}")
-    if not margin > 0:
-        raise InputError(f"margin must be positive, got {margin!r}")
-    if not min_side >= 0:
-        raise InputError(f"min_side must be >= 0, got {min_side!r}")
-    if not 0.0 <= max_outside <= 1.0:
-        raise InputError(f"max_outside must be in [0, 1], got {max_outside!r}")
+        if self.drop_inconsistent and not is_image_side_consistent(keypoints):
+            return None
+        names = [n for n in (box_names or keypoints) if n in keypoints] or list(keypoints)
+        box = face_box([keypoints[n] for n in names], margin=self.margin)
+        if box[2] < self.min_side:
+            return None
+        if self.max_outside < 1.0:
+            w, h = image_size if image_size is not None else _image_size(path)
+            if _outside_fraction(box, w, h) > self.max_outside:
+                return None
+        return FaceSample(
+            id=sid,
+            image_path=path,
+            species=species.lower(),
+            keypoints=keypoints,
+            box=box,
+            size=self.size,
+            dataset=dataset,
+            extra=dict(extra or {}),
+        )
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -487,7 +493,7 @@ def read_coco_keypoints(
     Raises:
         InputError: a file that is not such a JSON, or bad options.
     """
-    _check_crop_options(size, margin, min_side, max_outside)
+    rule = _CropRule(size, margin, min_side, max_outside, drop_inconsistent)
     path = Path(annotations)
     data = _read_json(path, "annotation file")
     if not isinstance(data, dict) or "annotations" not in data or "categories" not in data:
@@ -531,17 +537,12 @@ def read_coco_keypoints(
         if image_id not in images:
             raise InputError(f"{path}: annotation {n} refers to an unknown image_id {image_id!r}")
         file_name, wh = images[image_id]
-        sample = _make_sample(
+        sample = rule.sample(
             sid=f"{file_name}#{ann.get('id', n)}",
             path=root / file_name,
             species=sp,
             keypoints=mapped,
             dataset=dataset,
-            size=size,
-            margin=margin,
-            min_side=min_side,
-            max_outside=max_outside,
-            drop_inconsistent=drop_inconsistent,
             image_size=wh,
         )
         if sample is not None:
@@ -600,7 +601,7 @@ def read_mafl(
     Raises:
         InputError: missing files or a malformed line (the message names it).
     """
-    _check_crop_options(size, margin, min_side, max_outside)
+    rule = _CropRule(size, margin, min_side, max_outside, drop_inconsistent)
     path = Path(landmarks)
     lines = _read_lines(path, "landmark file")
     wanted = None
@@ -622,17 +623,12 @@ def read_mafl(
         except ValueError:
             raise InputError(f"{path} line {i + 1}: non-numeric landmark in {ln!r}") from None
         kps = {n: (vals[2 * k], vals[2 * k + 1]) for k, n in enumerate(CELEBA_NAMES)}
-        s = _make_sample(
+        s = rule.sample(
             sid=name,
             path=root / name,
             species="human",
             keypoints=kps,
             dataset="mafl",
-            size=size,
-            margin=margin,
-            min_side=min_side,
-            max_outside=max_outside,
-            drop_inconsistent=drop_inconsistent,
         )
         if s is not None:
             out.append(s)
@@ -672,7 +668,7 @@ def read_wflw(
     Raises:
         InputError: missing file or a malformed line.
     """
-    _check_crop_options(size, margin, min_side, max_outside)
+    rule = _CropRule(size, margin, min_side, max_outside, drop_inconsistent)
     path = Path(annotations)
     root = Path(image_dir)
     out: list[FaceSample] = []
@@ -685,17 +681,12 @@ def read_wflw(
         except ValueError:
             raise InputError(f"{path} line {i + 1}: non-numeric landmark") from None
         kps = {n: (float(pts[j, 0]), float(pts[j, 1])) for n, j in WFLW_TO_NINE.items()}
-        s = _make_sample(
+        s = rule.sample(
             sid=f"{parts[-1]}#{i + 1}",
             path=root / parts[-1],
             species="human",
             keypoints=kps,
             dataset="wflw",
-            size=size,
-            margin=margin,
-            min_side=min_side,
-            max_outside=max_outside,
-            drop_inconsistent=drop_inconsistent,
         )
         if s is not None:
             out.append(s)
@@ -760,7 +751,7 @@ def read_animalweb(
     Raises:
         InputError: missing folder or malformed ``.pts``.
     """
-    _check_crop_options(size, margin, min_side, max_outside)
+    rule = _CropRule(size, margin, min_side, max_outside, drop_inconsistent)
     base = Path(root)
     if not base.is_dir():
         raise InputError(f"AnimalWeb folder not found: {base}")
@@ -776,17 +767,12 @@ def read_animalweb(
         if len(pts) != len(names):
             raise InputError(f"{pts_file}: {len(pts)} points, expected {len(names)} ({', '.join(names)})")
         kps = {n: (float(x), float(y)) for n, (x, y) in zip(names, pts, strict=True) if x >= 0 and y >= 0}
-        s = _make_sample(
+        s = rule.sample(
             sid=str(img.relative_to(base)),
             path=img,
             species=species_of(img.stem),
             keypoints=kps,
             dataset="animalweb",
-            size=size,
-            margin=margin,
-            min_side=min_side,
-            max_outside=max_outside,
-            drop_inconsistent=drop_inconsistent,
         )
         if s is not None:
             out.append(s)

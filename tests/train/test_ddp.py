@@ -17,33 +17,7 @@ ROSINALITY = FIXTURES / "stylegan2_rosinality_tiny64.pt"
 ADA = FIXTURES / "stylegan2_ada_tiny64_state.pt"
 
 
-def _tiny_cse(path: Path) -> Path:
-    from dife.train.teachers.cse import CSEConfig, CSETeacher
-
-    cfg = CSEConfig(
-        blocks=(1, 1, 1, 1),
-        stem_channels=8,
-        width_per_group=4,
-        res2_out_channels=16,
-        fpn_channels=16,
-        decoder_channels=16,
-        decoder_out_channels=16,
-        head_convs=2,
-        head_channels=16,
-        embed_dim=8,
-        pooler_resolution=7,
-        input_size=None,
-    )
-    g = torch.Generator().manual_seed(0)
-    state = {}
-    for k, v in CSETeacher(cfg).state_dict().items():
-        t = torch.randn(v.shape, generator=g) * 0.1
-        state[k] = t.abs() + 0.5 if k.endswith("running_var") else t
-    torch.save({"model": state}, path)
-    return path
-
-
-def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
+def test_torchrun_two_cpu_processes(tmp_path: Path, tiny_cse_checkpoint: Path) -> None:
     if not ROSINALITY.exists():
         pytest.skip(f"{ROSINALITY} not found (the ../shared folder beside the checkout is needed)")
     if not torch.distributed.is_available():
@@ -71,7 +45,7 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
         },
         "dense_teacher": {
             "name": "cse",
-            "checkpoint": str(_tiny_cse(tmp_path / "cse.pth")),
+            "checkpoint": str(tiny_cse_checkpoint),
             "image_size": 64,
             "input_size": 64,
         },

@@ -283,33 +283,7 @@ def test_validation_keeps_the_best_and_stops_early(tmp_path: Path, generators: d
 
 
 # --------------------------------------------------------------------------- command line
-def _tiny_cse_checkpoint(path: Path) -> Path:
-    from dife.train.teachers.cse import CSEConfig, CSETeacher
-
-    cfg = CSEConfig(
-        blocks=(1, 1, 1, 1),
-        stem_channels=8,
-        width_per_group=4,
-        res2_out_channels=16,
-        fpn_channels=16,
-        decoder_channels=16,
-        decoder_out_channels=16,
-        head_convs=2,
-        head_channels=16,
-        embed_dim=8,
-        pooler_resolution=7,
-        input_size=None,
-    )
-    g = torch.Generator().manual_seed(0)
-    state = {}
-    for k, v in CSETeacher(cfg).state_dict().items():
-        t = torch.randn(v.shape, generator=g) * 0.1
-        state[k] = t.abs() + 0.5 if k.endswith("running_var") else t
-    torch.save({"model": state}, path)
-    return path
-
-
-def test_cli_train_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_train_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_cse_checkpoint: Path) -> None:
     need(ROSINALITY)
     from dife.cli import main
     from dife.modeling.dife import DIFE
@@ -318,7 +292,7 @@ def test_cli_train_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     cfg = tiny_config(tmp_path / "unused", steps=50)
     cfg["dense_teacher"] = {
         "name": "cse",
-        "checkpoint": str(_tiny_cse_checkpoint(tmp_path / "cse.pth")),
+        "checkpoint": str(tiny_cse_checkpoint),
         "image_size": 64,
         "input_size": 64,
     }  # an 8-d CSE: trained through a 1x1 projection
