@@ -15,11 +15,16 @@ def test_transfer_keypoints_example(load_script, tmp_path, tiny_model):
     tiny_model.save_pretrained(model_dir)
     out = tmp_path / "panel.jpg"
     result = load_script("examples/transfer_keypoints.py").main(["--model", str(model_dir), "-o", str(out)])
-    w, h = Image.open(ROOT / "examples" / "images" / "chelsea.jpg").size
-    pts = np.asarray(result["points"])
-    assert pts.shape == (5, 2)
-    assert np.all((pts >= -0.5) & (pts <= [w - 0.5, h - 0.5]))
-    assert Image.open(out).size[0] > w
+    assert set(result["targets"]) == {"chelsea.jpg", "dog.jpg"}  # the default targets
+    for name, got in result["targets"].items():
+        w, h = Image.open(ROOT / "examples" / "images" / name).size
+        pts = np.asarray(got["points"])
+        assert pts.shape == (5, 2) and np.asarray(got["confidence"]).shape == (5,)
+        assert np.all((pts >= -0.5) & (pts <= [w - 0.5, h - 0.5])), name
+    assert np.array_equal(result["points"], result["targets"]["chelsea.jpg"]["points"])
+    panel = Image.open(out)
+    assert panel.height == 2 * 300 + 4  # one 300-px row per target
+    assert not list(tmp_path.glob(".*.tmp*"))  # the atomic write left nothing behind
 
 
 def test_every_example_documents_itself(load_script, capsys):
