@@ -2,8 +2,8 @@
 
 Run from the repository root, after training and after the accuracy benchmark::
 
-    dife train dife_base output_dir=runs/dife_base                 # ~95 min on a 2-core CPU
-    python tools/package_dife_base.py runs/dife_base               # writes dife/weights/dife-base/
+    dife train dife_base output_dir=runs/dife_base                 # ~95 min on a 2-core CPU; the weights
+    python tools/package_dife_base.py runs/dife_base               # writes dife/weights/dife-base/ + card
 
 It loads the trained folder, sets the default spatial prior chosen on the
 development set (``--spatial-prior``, default 2; 0 = appearance only, as in the paper),
@@ -30,6 +30,9 @@ trained by the dife project with the shipped recipe `dife train dife_base` on re
 six species, without StyleGAN2 or DensePose CSE teachers (neither checkpoint could be obtained
 where it was trained). It has no domain converters: it is an embedding for keypoint transfer,
 face parsing and overlays, not a reproduction of the paper's StyleGAN2-distilled models.
+Users who have the paper's teachers (FFHQ / AFHQ StyleGAN2 and DensePose CSE checkpoints) can train
+the paper's models with `dife train paper_human_dog` (and `paper_human_cat`, `paper_dog_cat`,
+`paper_human_dog_cat`), or convert the authors' released checkpoints with `dife convert-official`.
 
 **Recipe.** EfficientNet-Lite0 (ImageNet) stage-3 features at 256 px as the dense teacher
 (L_K1-style distillation, weight 0.05), plus warp matching and DVE-style semantic matching
