@@ -36,6 +36,11 @@ _LAZY: dict[str, str] = {
     "CropTransform": "dife.coords",
     "square_crop": "dife.coords",
     "load_image": "dife.images",
+    # finding faces
+    "detect_faces": "dife.detection",
+    "Detection": "dife.detection",
+    "NoFaceWarning": "dife.detection",
+    "FaceDetector": "dife.modeling.face_detector",
     # inference
     "Embedding": "dife.embedding",
     "embed": "dife.embedding",
@@ -58,6 +63,7 @@ _LAZY: dict[str, str] = {
     "draw_keypoints": "dife.viz",
     "draw_matches": "dife.viz",
     "draw_parts": "dife.viz",
+    "draw_boxes": "dife.viz",
 }
 
 __all__ = [
@@ -68,16 +74,21 @@ __all__ = [
     "DIFEConfig",
     "DIFEError",
     "DenseCorrespondence",
+    "Detection",
     "Embedding",
+    "FaceDetector",
     "FaceParser",
     "ImageError",
     "InputError",
     "KeypointError",
     "KeypointScores",
     "ModelNotFoundError",
+    "NoFaceWarning",
     "ShapeError",
     "UnknownDomainError",
     "__version__",
+    "detect_faces",
+    "draw_boxes",
     "draw_keypoints",
     "draw_matches",
     "draw_parts",
@@ -105,6 +116,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from dife.config import DIFEConfig
     from dife.coords import CropTransform, square_crop
     from dife.defaults import get_default_model, set_default_model
+    from dife.detection import Detection, NoFaceWarning, detect_faces
     from dife.embedding import Embedding, embed
     from dife.errors import (
         CheckpointError,
@@ -118,7 +130,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from dife.images import load_image
     from dife.modeling.dife import DIFE
+    from dife.modeling.face_detector import FaceDetector
     from dife.parsing import FaceParser, kmeans, parse_face
     from dife.registry import list_models
     from dife.transfer import DenseCorrespondence, KeypointScores, transfer_dense, transfer_keypoints
-    from dife.viz import draw_keypoints, draw_matches, draw_parts, embedding_to_rgb
+    from dife.viz import draw_boxes, draw_keypoints, draw_matches, draw_parts, embedding_to_rgb

@@ -48,17 +48,19 @@ def parse_points(text: str) -> list[list[float]]:
     return points
 
 
-def parse_box(text: str | None) -> list[float] | None:
-    """Parse ``"x0,y0,x1,y1"`` (edge coordinates) or ``None``."""
+def parse_box(text: str | None) -> list[float] | str | None:
+    """Parse ``"x0,y0,x1,y1"`` (edge coordinates), ``"image"`` (the centred square) or ``None`` (find the face)."""
     if text is None:
         return None
+    if text.strip() == "image":
+        return "image"
     parts = text.replace(" ", "").split(",")
     try:
         box = [float(v) for v in parts]
     except ValueError:
-        raise CLIError(f"box {text!r} is not four numbers 'x0,y0,x1,y1'") from None
+        raise CLIError(f"box {text!r} is not four numbers 'x0,y0,x1,y1' nor 'image'") from None
     if len(box) != 4:
-        raise CLIError(f"box {text!r} is not four numbers 'x0,y0,x1,y1'")
+        raise CLIError(f"box {text!r} is not four numbers 'x0,y0,x1,y1' nor 'image'")
     return box
 
 
@@ -166,6 +168,27 @@ def _load_model(args: argparse.Namespace) -> Any:
     return model
 
 
+def _load_detector(args: argparse.Namespace) -> Any:
+    """Resolve ``--detector`` (None: the shipped face finder, loaded when first needed)."""
+    if getattr(args, "detector", None) is None:
+        return None
+    from dife.detection import load_detector
+
+    return load_detector(args.detector, device=args.device)
+
+
+def _report_face(what: str, face: Any, given: Any) -> None:
+    """Say on stderr which face framed an image."""
+    if face is not None:
+        print(f"dife: {what}: {face}", file=sys.stderr)
+    elif given is None:
+        print(f"dife: {what}: no face found, used the centred square", file=sys.stderr)
+
+
+def _face_json(face: Any) -> Any:
+    return face.to_dict() if face is not None else None
+
+
 # --------------------------------------------------------------------- commands
 def cmd_transfer(args: argparse.Namespace) -> int:
     import numpy as np
@@ -185,8 +208,19 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     pts = np.asarray(points, dtype=np.float64)
     targets: Any = args.tgt if len(args.tgt) > 1 else args.tgt[0]
     result, scores = transfer_keypoints(
-        args.src, targets, pts, src_box=src_box, tgt_box=tgt_box, model=model, return_scores=True
+        args.src,
+        targets,
+        pts,
+        src_box=src_box,
+        tgt_box=tgt_box,
+        model=model,
+        return_scores=True,
+        detector=_load_detector(args),
     )
+    tgt_faces = scores.tgt_face if len(args.tgt) > 1 else [scores.tgt_face]
+    _report_face(f"source face ({args.src})", scores.src_face, src_box)
+    for tgt, face in zip(args.tgt, tgt_faces, strict=True):
+        _report_face(f"target face ({tgt})", face, tgt_box)
     result = np.asarray(result).reshape(len(args.tgt), len(points), 2)
     conf = np.asarray(scores.confidence).reshape(len(args.tgt), len(points))
     sim = np.asarray(scores.similarity).reshape(len(args.tgt), len(points))
@@ -196,6 +230,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         rec = {
             "source": args.src,
             "target": tgt,
+            "source_face": _face_json(scores.src_face),
+            "target_face": _face_json(tgt_faces[t]),
             "points": [
                 {
                     **({"name": names[i]} if names else {}),
@@ -231,6 +267,38 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_detect(args: argparse.Namespace) -> int:
+    from dife.detection import detect_faces, load_detector
+
+    species = [v for v in args.species.split(",") if v] if args.species else None
+    outdir = Path(args.output) if args.output else None
+    if outdir is not None and outdir.exists() and not outdir.is_dir():
+        raise CLIError(f"output {outdir} exists and is not a directory")
+    detector = load_detector(args.detector, device=args.device)
+    found = detect_faces(list(args.images), species=species, min_score=args.min_score, model=detector)
+    records = [
+        {"image": path, "faces": [f.to_dict() for f in faces]} for path, faces in zip(args.images, found, strict=True)
+    ]
+    if args.json:
+        sys.stdout.write(json.dumps(records if len(records) > 1 else records[0], indent=2) + "\n")
+    else:
+        for path, faces in zip(args.images, found, strict=True):
+            print(f"{path}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
+            for f in faces:
+                print(f"  {f}")
+    if outdir is not None:
+        from dife.images import load_image
+        from dife.viz import draw_boxes
+
+        outdir.mkdir(parents=True, exist_ok=True)
+        for path, faces in zip(args.images, found, strict=True):
+            dest = _check_output(str(outdir / f"{Path(path).stem}_faces.png"), args.images)
+            assert dest is not None
+            _save_image(draw_boxes(load_image(path), faces), dest)
+        print(f"dife: wrote {len(args.images)} picture(s) to {outdir}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -250,7 +318,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
         model=model,
         batch_size=args.batch_size,
         progress=len(args.images) > 1,
+        detector=_load_detector(args),
     )
+    for path, face in zip(args.images, emb.faces or [], strict=True):
+        _report_face(f"face ({path})", face, box)
     if out is not None:
         t = emb.transforms
         with atomic_path(out) as tmp:
@@ -260,6 +331,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
                     features=emb.features.cpu().numpy(),
                     crop=np.array([[c.left, c.top, c.side] for c in t], dtype=np.float64),
                     image_size=np.array([[c.width, c.height] for c in t], dtype=np.int64),
+                    face_score=np.array([f.score if f is not None else np.nan for f in emb.faces or []]),
+                    face_species=np.array([f.species if f is not None else "" for f in emb.faces or []]),
                     images=np.array([str(p) for p in args.images]),
                 )
         print(f"dife: wrote {out} ({tuple(emb.features.shape)})", file=sys.stderr)
@@ -334,7 +407,15 @@ def cmd_overlay(args: argparse.Namespace) -> int:
         raise CLIError(
             f"give --points/--points-file (in anchor order: {', '.join(names)}) or --reference with --reference-points"
         )
-    img = overlay(args.image, asset, box=parse_box(args.box), model=model, transform=args.transform, **kwargs)
+    img = overlay(
+        args.image,
+        asset,
+        box=parse_box(args.box),
+        model=model,
+        transform=args.transform,
+        detector=_load_detector(args),
+        **kwargs,
+    )
     _save_image(img, out)
     print(f"dife: wrote {out}", file=sys.stderr)
     return EXIT_OK
@@ -382,6 +463,21 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------- train (dife.train)
+def cmd_train_detector(args: argparse.Namespace) -> int:
+    """Train the face finder from a YAML config with ``key=value`` overrides."""
+    import dataclasses
+
+    from dife.train.detector import load_detector_config, train_detector
+
+    config = load_detector_config(args.config, args.overrides)
+    if args.print_config:
+        print(json.dumps(dataclasses.asdict(config), indent=2))
+        return EXIT_OK
+    out = train_detector(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(f"dife: face finder written to {out} (use it with detector=... or dife.detection.set_default_detector)")
+    return EXIT_OK
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a DIFE model from a YAML config (or a shipped config name) with ``key.sub=value`` overrides."""
     import os
@@ -454,6 +550,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--model", default=None, help="registry name, local folder, or hub repo id (default: the packaged default)"
     )
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument(
+        "--detector", default=None, help="face finder folder used where no box is given (default: dife-face-finder)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -472,19 +571,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tgt", nargs="+", help="target image(s)")
     p.add_argument("--points", help="source keypoints 'x,y;x,y' in source pixels (integer = pixel centre)")
     p.add_argument("--points-file", help="JSON ({name: [x, y]} or [[x, y], ...]) or text file of x,y lines")
-    p.add_argument("--src-box", help="source face box 'x0,y0,x1,y1' (edge coordinates)")
-    p.add_argument("--tgt-box", help="target face box 'x0,y0,x1,y1' (edge coordinates)")
+    p.add_argument(
+        "--src-box",
+        help="source face box 'x0,y0,x1,y1' (edge coordinates), or 'image' for the centred square "
+        "(default: find the face that holds the points)",
+    )
+    p.add_argument(
+        "--tgt-box",
+        help="target face box 'x0,y0,x1,y1', or 'image' (default: find the best-scoring face)",
+    )
     p.add_argument("-o", "--output", help="write a side-by-side picture of the matches (first target)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--json-output", help="also write the JSON result to this file")
     _add_model_args(p)
     p.set_defaults(func=cmd_transfer)
 
+    p = sub.add_parser("detect", help="find the faces of humans and animals in photos")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--species", help="only these species, comma-separated (human,dog,cat,horse,sheep,cow)")
+    p.add_argument("--min-score", type=float, default=None, help="smallest score kept, 0..1 (default 0.3)")
+    p.add_argument("--json", action="store_true", help="print the detections as JSON on stdout")
+    p.add_argument("-o", "--output", metavar="DIR", help="write each photo with its face boxes drawn into DIR")
+    p.add_argument("--detector", default=None, help="face finder folder (default: dife-face-finder)")
+    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.set_defaults(func=cmd_detect)
+
     p = sub.add_parser("embed", help="compute dense embeddings")
     p.add_argument("images", nargs="+")
     p.add_argument("-o", "--output", help="write features and crop transforms to OUT.npz")
     p.add_argument("--rgb", metavar="DIR", help="write a colour picture of each embedding into DIR")
-    p.add_argument("--box", help="face box 'x0,y0,x1,y1' applied to every image")
+    p.add_argument(
+        "--box", help="face box 'x0,y0,x1,y1' applied to every image, or 'image' (default: find each face)"
+    )
     p.add_argument("--batch-size", type=int, default=32)
     _add_model_args(p)
     p.set_defaults(func=cmd_embed)
@@ -506,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points-file", help="JSON {anchor_name: [x, y]} for the face")
     p.add_argument("--reference", help="a reference face whose keypoints are given")
     p.add_argument("--reference-points", help="JSON {anchor_name: [x, y]} on the reference face")
-    p.add_argument("--box", help="face box of IMAGE 'x0,y0,x1,y1'")
+    p.add_argument("--box", help="face box of IMAGE 'x0,y0,x1,y1', or 'image' (default: find the face)")
     p.add_argument("--transform", choices=["similarity", "affine"], default="similarity")
     p.add_argument("-o", "--output", required=True)
     _add_model_args(p)
@@ -539,6 +657,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start afresh over a previous run in output_dir")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "train-detector",
+        help="train the face finder from a YAML config (e.g. face_finder) with key=value overrides",
+        description="Train the face finder (dife.detect_faces) on whole photos with face boxes.",
+    )
+    p.add_argument("config", help="YAML file, or the name of a shipped config (face_finder)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data=photos/ steps=2000")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=cmd_train_detector)
 
     p = sub.add_parser(
         "eval",
@@ -583,6 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=int, default=64, help="target grid side of the feature baselines (default 64)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument(
+        "--detector", default=None, help="face finder folder used where no box is given (default: dife-face-finder)"
+    )
     p.set_defaults(func=cmd_eval)
     return parser
 

@@ -336,6 +336,7 @@ def overlay(
     model: Any = None,
     transform: str = "similarity",
     opacity: float = 1.0,
+    detector: Any = None,
 ) -> Image.Image:
     """Place an asset on a face, anchored on the face's keypoints.
 
@@ -358,10 +359,13 @@ def overlay(
             neighbours), so any species can serve as reference.
         reference_keypoints: Dict name -> ``(x, y)`` (or (N, 2) array in
             anchor order) in ``reference`` pixels.
-        box: Optional face box ``(x0, y0, x1, y1)`` of ``image`` (edge
-            coordinates), used for the transfer.
-        reference_box: Optional face box of ``reference``.
+        box: Face box ``(x0, y0, x1, y1)`` of ``image`` (edge coordinates)
+            used for the transfer, ``"image"`` for the centred square, or
+            ``None`` to find the face (the best-scoring one).
+        reference_box: The same for ``reference`` (``None``: the detected
+            face that holds ``reference_keypoints``).
         model: Model for the transfer (``None``: the default model).
+        detector: Face finder for images without a box (``None``: the shipped one).
         transform: ``"similarity"`` (rotation, uniform scale, translation;
             >= 2 points; keeps the asset's proportions) or ``"affine"``
             (>= 3 points; also shears / stretches to fit).
@@ -420,7 +424,9 @@ def overlay(
             )
         from dife.transfer import transfer_keypoints
 
-        moved = transfer_keypoints(reference, img, ref_pts, src_box=reference_box, tgt_box=box, model=model)
+        moved = transfer_keypoints(
+            reference, img, ref_pts, src_box=reference_box, tgt_box=box, model=model, detector=detector
+        )
         pts = np.asarray(moved.detach().cpu().numpy() if hasattr(moved, "detach") else moved, dtype=np.float64)
 
     M = estimate_transform(asset.anchor_array(names), pts, transform)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from dife.config import DIFEConfig
 from dife.coords import CropTransform, check_points_inside, grid_to_normalized, square_crop
+from dife.detection import IMAGE_BOX, Detection, choose_faces
 from dife.errors import InputError, KeypointError, ShapeError
 from dife.images import load_image, split_images
 
@@ -49,16 +50,17 @@ def _is_box(box: Any) -> bool:
 
 
 def normalize_boxes(boxes: Any, n: int) -> list[Any]:
-    """One box (or ``None``) per image.
+    """One box choice per image.
 
     Args:
-        boxes: ``None`` (no box for any image); one box ``(x0, y0, x1, y1)``
-            when ``n == 1``; or a sequence (list, (n, 4) array / tensor) with
-            one box or ``None`` per image.
+        boxes: ``None`` (find the face in every image); ``"image"`` (the
+            centred square of every image); one box ``(x0, y0, x1, y1)`` when
+            ``n == 1``; or a sequence (list, (n, 4) array / tensor) with one
+            box, ``"image"`` or ``None`` per image.
         n: Number of images.
 
     Returns:
-        A list of ``n`` entries, each a box (4 floats) or ``None``.
+        A list of ``n`` entries, each a box (4 floats), ``"image"`` or ``None``.
 
     Raises:
         InputError: when the number of boxes does not match the images, or
@@ -67,6 +69,10 @@ def normalize_boxes(boxes: Any, n: int) -> list[Any]:
     """
     if boxes is None:
         return [None] * n
+    if isinstance(boxes, str):
+        if boxes != IMAGE_BOX:
+            raise InputError(f"box must be None, {IMAGE_BOX!r}, (x0, y0, x1, y1) or a list of them, got {boxes!r}")
+        return [IMAGE_BOX] * n
     if _is_box(boxes):
         if n != 1:
             raise InputError(
@@ -78,10 +84,10 @@ def normalize_boxes(boxes: Any, n: int) -> list[Any]:
             raise ShapeError(f"boxes must have shape (4,) or (N, 4) as (x0, y0, x1, y1), got {tuple(boxes.shape)}")
         boxes = list(boxes)
     if not isinstance(boxes, (list, tuple)):
-        raise InputError(f"box must be None, (x0, y0, x1, y1) or a list of them, got {type(boxes).__name__}")
+        raise InputError(f"box must be None, 'image', (x0, y0, x1, y1) or a list of them, got {type(boxes).__name__}")
     if len(boxes) != n:
         raise InputError(f"got {len(boxes)} boxes for {n} images; pass one box (or None) per image")
-    return [None if b is None else _to_box(b, f"boxes[{i}]") for i, b in enumerate(boxes)]
+    return [b if b is None or (isinstance(b, str) and b == IMAGE_BOX) else _to_box(b, f"boxes[{i}]") for i, b in enumerate(boxes)]
 
 
 def _fmt_box(box: Any) -> str:
@@ -238,42 +244,69 @@ def prepare(
     config: DIFEConfig,
     *,
     device: str | torch.device | None = None,
+    detector: Any = None,
+    face_points: Sequence[Any] | None = None,
 ) -> tuple[torch.Tensor, list[CropTransform]]:
-    """Crop, resize and normalise images into a network batch.
+    """Choose the crops, then crop, resize and normalise images into a network batch.
 
     Args:
-        images: (3, H, W) float tensors in [0, 1] (from :func:`dife.images.load_images`).
-        boxes: ``None``, one face box ``(x0, y0, x1, y1)`` (edge coordinates)
-            for a single image, or one box / ``None`` per image.
+        images: (3, H, W) float tensors in [0, 1] (from [load_images][dife.images.load_images]).
+        boxes: ``None`` (find the face in every image), ``"image"`` (centred
+            square), one face box ``(x0, y0, x1, y1)`` (edge coordinates) for
+            a single image, or one box / ``"image"`` / ``None`` per image
+            (see [choose_faces][dife.detection.choose_faces]).
         config: Model config: ``input_size`` (S), ``mean``, ``std``.
         device: Where to resample (each image is moved there one at a time);
             default: each image's own device.
+        detector: Face finder for images without a box (``None``: the shipped one).
+        face_points: Per image, ``None`` or (N, 2) points the chosen face must hold.
 
     Returns:
         ``(x, transforms)``: ``x`` is (B, 3, S, S) float32, ``(rgb - mean) / std``
         ([-1, 1] for the default mean/std), black (0) outside the image before
-        normalisation; ``transforms`` has one :class:`CropTransform` per image.
+        normalisation; ``transforms`` has one [CropTransform][dife.coords.CropTransform] per image.
 
     Raises:
         InputError: wrong number of boxes, degenerate or non-overlapping box.
         ShapeError: an image that is not (3, H, W).
     """
+    x, transforms, _ = _prepare(images, boxes, config, device=device, detector=detector, face_points=face_points)
+    return x, transforms
+
+
+def _prepare(
+    images: Sequence[torch.Tensor],
+    boxes: Any,
+    config: DIFEConfig,
+    *,
+    device: str | torch.device | None = None,
+    detector: Any = None,
+    face_points: Sequence[Any] | None = None,
+    names: Sequence[str] | None = None,
+) -> tuple[torch.Tensor, list[CropTransform], list[Detection | None]]:
+    """[prepare][dife.embedding.prepare] that also returns the detection used for each image."""
     images = list(images)
     if not images:
         raise InputError("prepare needs at least one image")
     box_list = normalize_boxes(boxes, len(images))
     single = len(images) == 1
+    if names is None:
+        names = ["image"] if single else [f"images[{i}]" for i in range(len(images))]
+    for img, name in zip(images, names, strict=True):
+        if not isinstance(img, torch.Tensor) or img.ndim != 3 or img.shape[0] != 3:
+            shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+            raise ShapeError(f"{name} must be a (3, H, W) tensor (use dife.images.load_image), got {shape}")
+    chosen, faces = choose_faces(images, box_list, face_points, detector=detector, what=names)
     crops, transforms = [], []
-    for i, (img, box) in enumerate(zip(images, box_list, strict=True)):
-        what = (
-            ("box" if box is not None else "image")
-            if single
-            else (f"boxes[{i}]" if box is not None else f"images[{i}]")
-        )
+    for i, (img, box) in enumerate(zip(images, chosen, strict=True)):
+        if box_list[i] is None or isinstance(box_list[i], str):
+            what = names[i]
+        else:
+            what = "box" if single else f"boxes[{i}]"
         crop, t = _crop_one(img, box, int(config.input_size), device, what)
         crops.append(crop)
         transforms.append(t)
-    return _normalize(torch.stack(crops), config), transforms
+    return _normalize(torch.stack(crops), config), transforms, faces
 
 
 # -------------------------------------------------------------------- result
@@ -286,10 +319,14 @@ class Embedding:
             model's ``embed_dim``, ``S`` its ``input_size``).
         transforms: One :class:`CropTransform` per image, mapping image pixel
             coordinates to grid coordinates and back.
+        faces: One entry per image: the [Detection][dife.detection.Detection]
+            whose box was cropped, or ``None`` when the crop came from a
+            given box, ``"image"``, or no face was found.
     """
 
     features: torch.Tensor
     transforms: list[CropTransform]
+    faces: list[Detection | None] | None = None
 
     def __post_init__(self) -> None:
         f = self.features
@@ -299,6 +336,9 @@ class Embedding:
         self.transforms = list(self.transforms)
         if len(self.transforms) != f.shape[0]:
             raise InputError(f"Embedding has {f.shape[0]} feature maps but {len(self.transforms)} transforms")
+        self.faces = [None] * len(self.transforms) if self.faces is None else list(self.faces)
+        if len(self.faces) != len(self.transforms):
+            raise InputError(f"Embedding has {len(self.transforms)} transforms but {len(self.faces)} faces")
 
     # -- container
     def __len__(self) -> int:
@@ -306,15 +346,16 @@ class Embedding:
 
     def __getitem__(self, index: int | slice) -> Embedding:
         """The embedding of image ``index`` (a batch of 1) or of a slice of images."""
+        faces = self.faces if self.faces is not None else [None] * len(self)
         if isinstance(index, slice):
-            return Embedding(self.features[index], self.transforms[index])
+            return Embedding(self.features[index], self.transforms[index], faces[index])
         if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
             i = int(index)
             n = len(self)
             if not -n <= i < n:
                 raise IndexError(f"image index {i} out of range for an Embedding of {n} images")
             i %= n
-            return Embedding(self.features[i : i + 1], [self.transforms[i]])
+            return Embedding(self.features[i : i + 1], [self.transforms[i]], [faces[i]])
         raise InputError(f"Embedding indices must be int or slice, got {type(index).__name__}")
 
     @property
@@ -339,7 +380,7 @@ class Embedding:
 
     def to(self, device: str | torch.device) -> Embedding:
         """A copy with :attr:`features` on ``device``."""
-        return Embedding(self.features.to(device), list(self.transforms))
+        return Embedding(self.features.to(device), list(self.transforms), self.faces)
 
     def numpy(self) -> np.ndarray:
         """:attr:`features` as a (B, C, S, S) float32 numpy array."""
@@ -434,31 +475,45 @@ def embed(
     batch_size: int = 32,
     device: str | torch.device | None = None,
     progress: bool = False,
+    detector: Any = None,
+    face_points: Any = None,
 ) -> Embedding:
     """Dense, L2-normalised embeddings of one or more face images.
 
-    Images are read (:func:`dife.images.load_image`), cropped with the crop
-    rule (:func:`dife.coords.square_crop`) and resized to the model's input
-    size one chunk of ``batch_size`` at a time, so long lists of large images
-    never sit in memory at full resolution all together.
+    Images are read ([load_image][dife.images.load_image]), the face is found
+    when no box is given ([choose_faces][dife.detection.choose_faces]), the
+    square around it is cropped ([square_crop][dife.coords.square_crop]) and
+    resized to the model's input size one chunk of ``batch_size`` at a time,
+    so long lists of large images never sit in memory at full resolution all
+    together.
 
     Args:
         images: One image (path, PIL image, numpy (H, W[, 3]) array, torch
             (3, H, W) tensor), a list / tuple of them, a torch (B, 3, H, W)
             tensor or a numpy (B, H, W, 3) array.
-        box: Optional face box ``(x0, y0, x1, y1)`` in edge coordinates (one
-            image), or one box / ``None`` per image. Without a box the centred
-            square of side ``min(W, H)`` is used.
+        box: Face box ``(x0, y0, x1, y1)`` in edge coordinates (one image),
+            ``"image"`` for the centred square of side ``min(W, H)``, or
+            ``None`` (default) to find the face with the face finder (the
+            best-scoring face; the centred square, with a
+            [NoFaceWarning][dife.detection.NoFaceWarning], when none is found).
+            For several images, one such value per image.
         model: A :class:`~dife.modeling.dife.DIFE`, a registry name / path, or
             ``None`` for the default model.
         batch_size: Images per forward pass (>= 1).
         device: Where to run; default the model's device. If the model lives
             elsewhere a copy of it is moved there (the given model is not changed).
         progress: Show a tqdm progress bar.
+        detector: Face finder used where ``box`` is ``None`` (a
+            [FaceDetector][dife.modeling.face_detector.FaceDetector], a folder,
+            or ``None`` for the shipped ``dife-face-finder``).
+        face_points: With ``box=None``: (N, 2) points (one image) or one
+            such array / ``None`` per image; the chosen face is then the best
+            one whose box holds all the points.
 
     Returns:
         An :class:`Embedding` with one entry per image (length 1 for a single
-        image), ``features`` (B, embed_dim, S, S) on ``device``.
+        image), ``features`` (B, embed_dim, S, S) on ``device``, and in
+        ``faces`` the detection used for each image.
 
     Raises:
         ImageError, ShapeError, InputError: for unreadable images, bad boxes
@@ -470,6 +525,7 @@ def embed(
     sources, batched = split_images(images)
     n = len(sources)
     boxes = normalize_boxes(box, n)
+    points = _face_points(face_points, n)
     try:
         dev = torch.device(device) if device is not None else net.device
     except (RuntimeError, TypeError) as e:
@@ -488,6 +544,7 @@ def embed(
     # Allocated outside inference mode so that callers may use it with autograd.
     features = torch.empty((n, int(config.embed_dim), S, S), dtype=torch.float32, device=dev)
     transforms: list[CropTransform] = []
+    faces: list[Detection | None] = []
     try:
         with torch.inference_mode():
             for start in range(0, n, int(batch_size)):
@@ -496,12 +553,15 @@ def embed(
                 for j in range(start, stop):
                     name = f"images[{j}]" if batched else "image"
                     img = load_image(sources[j], what=name)
-                    what = name if boxes[j] is None else (f"boxes[{j}]" if batched else "box")
-                    crop, t = _crop_one(img, boxes[j], S, dev, what)
-                    del img  # keep at most one full-resolution image alive
-                    crops.append(crop)
-                    transforms.append(t)
-                x = _normalize(torch.stack(crops), config).to(dtype)
+                    # one image at a time: at most one full-resolution image alive
+                    x1, t1, f1 = _prepare(
+                        [img], [boxes[j]], config, device=dev, detector=detector, face_points=[points[j]], names=[name]
+                    )
+                    del img
+                    crops.append(x1[0])
+                    transforms.append(t1[0])
+                    faces.append(f1[0])
+                x = torch.stack(crops).to(dtype)
                 out = net(x)
                 if out.shape != (stop - start, features.shape[1], S, S):
                     raise ShapeError(
@@ -514,4 +574,30 @@ def embed(
     finally:
         if bar is not None:
             bar.close()
-    return Embedding(features, transforms)
+    return Embedding(features, transforms, faces)
+
+
+def _face_points(face_points: Any, n: int) -> list[np.ndarray | None]:
+    """One (N, 2) float array or ``None`` per image."""
+    if face_points is None:
+        return [None] * n
+
+    def one(p: Any, what: str) -> np.ndarray | None:
+        if p is None:
+            return None
+        arr = p.detach().cpu().numpy() if isinstance(p, torch.Tensor) else p
+        try:
+            arr = np.asarray(arr, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError(f"{what} must be (N, 2) (x, y) numbers") from None
+        if arr.ndim != 2 or arr.shape[1] != 2:
+            raise ShapeError(f"{what} must have shape (N, 2), got {arr.shape}")
+        return arr
+
+    if n == 1 and not (isinstance(face_points, (list, tuple)) and len(face_points) == 1 and (
+        face_points[0] is None or np.asarray(face_points[0], dtype=object).ndim == 2
+    )):
+        return [one(face_points, "face_points")]
+    if not isinstance(face_points, (list, tuple)) or len(face_points) != n:
+        raise InputError(f"face_points must be (N, 2) points for one image or one entry per image ({n})")
+    return [one(p, f"face_points[{i}]") for i, p in enumerate(face_points)]

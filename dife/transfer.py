@@ -58,11 +58,17 @@ class KeypointScores(NamedTuple):
             Always False for source points outside the square crop the network
             saw.
         confidence: ``clip(similarity, 0, 1) * (1 if mutual else 0.5)``, in [0, 1].
+        src_face: The [Detection][dife.detection.Detection] whose box framed the
+            source (``None`` for a given box, ``"image"`` or no face found);
+            a list, one per source image, when the sources are a batch.
+        tgt_face: The same for the target(s).
     """
 
     similarity: Any
     mutual: Any
     confidence: Any
+    src_face: Any = None
+    tgt_face: Any = None
 
 
 # --------------------------------------------------------------------- helpers
@@ -91,12 +97,28 @@ def _setup(model: Any, device: Any) -> tuple[DIFE, torch.device]:
     return net, net.device
 
 
-def _embed(net: DIFE, sources: list[Any], boxes: list[Any], what: str, batch_size: int) -> Embedding:
-    """Embed ``sources`` (a list), prefixing error messages with ``what``."""
+def _embed(
+    net: DIFE,
+    sources: list[Any],
+    boxes: list[Any],
+    what: str,
+    batch_size: int,
+    *,
+    detector: Any = None,
+    points: list[Any] | None = None,
+) -> Embedding:
+    """Embed ``sources`` (a list), prefixing error messages with ``what``; ``points`` pick the source faces."""
     try:
         if len(sources) == 1:
-            return embed(sources[0], box=boxes[0], model=net, batch_size=batch_size)
-        return embed(sources, box=boxes, model=net, batch_size=batch_size)
+            return embed(
+                sources[0],
+                box=boxes[0],
+                model=net,
+                batch_size=batch_size,
+                detector=detector,
+                face_points=None if points is None else points[0],
+            )
+        return embed(sources, box=boxes, model=net, batch_size=batch_size, detector=detector, face_points=points)
     except DIFEError as e:
         raise type(e)(f"{what}: {e}") from None
 
@@ -203,6 +225,7 @@ def transfer_keypoints(
     device: str | torch.device | None = None,
     chunk_size: int | None = None,
     spatial_prior: float | None = None,
+    detector: Any = None,
 ) -> Any:
     """Carry keypoints from source face(s) to target face(s).
 
@@ -238,9 +261,11 @@ def transfer_keypoints(
         points: (N, 2) or (B, N, 2) ``(x, y)`` pixel coordinates in the
             original source image(s) (numpy, list or torch).
         src_box: Face box ``(x0, y0, x1, y1)`` (edge coordinates) of the
-            source, or one box / ``None`` per source image; ``None``: centred
-            square crop.
-        tgt_box: The same for the target(s).
+            source, ``"image"`` for the centred square, or ``None`` (default)
+            to find the face: the best-scoring detected face whose box holds
+            all the source points (see [choose_faces][dife.detection.choose_faces]);
+            for a batch, one such value per source image.
+        tgt_box: The same for the target(s); ``None`` takes the best-scoring face.
         return_scores: Also return :class:`KeypointScores`.
         model: A :class:`~dife.modeling.DIFE`, a model name / path, or ``None``
             (the default model, :func:`dife.defaults.resolve_model`).
@@ -260,6 +285,8 @@ def transfer_keypoints(
             paper's models; see the model card of the default model); ``0``
             is pure appearance matching. Scores report the cosine similarity
             without the prior.
+        detector: Face finder for images without a box (``None``: the
+            shipped ``dife-face-finder``; see [detect_faces][dife.detection.detect_faces]).
 
     Returns:
         The transferred points, shaped as in the table, in target image pixel
@@ -267,7 +294,7 @@ def transfer_keypoints(
         tensor (the points' float dtype, or float32, on their device) for
         torch points. With ``return_scores=True``, ``(points, scores)`` with
         ``scores`` a :class:`KeypointScores` of arrays shaped like the points
-        without the last dimension.
+        without the last dimension, and the faces used (``src_face``, ``tgt_face``).
 
     Raises:
         ShapeError: points not (N, 2) / (B, N, 2), or image / point counts
@@ -335,30 +362,49 @@ def transfer_keypoints(
             **opts,
         )
 
+    src_faces: list[Any] = [None] * B
+    tgt_faces: list[Any] = [None] * T
+    emb_opts = dict(detector=detector)
+
+    def src_points(s: int, e: int) -> list[Any]:
+        return [sets[b] for b in range(s, e)]
+
     with torch.no_grad():
         if B == 1:  # one source, embedded once; targets in chunks
-            src_emb = _embed(net, src_list, src_boxes, "src", batch_size)
+            src_emb = _embed(net, src_list, src_boxes, "src", batch_size, points=src_points(0, 1), **emb_opts)
+            src_faces[0] = src_emb.faces[0]
             validate(0, src_emb.transforms[0])
             for s in range(0, T, batch_size):
                 e = min(s + batch_size, T)
-                tgt_emb = _embed(net, tgt_list[s:e], tgt_boxes[s:e], chunk_name("tgt", s, e, T), batch_size)
+                tgt_emb = _embed(net, tgt_list[s:e], tgt_boxes[s:e], chunk_name("tgt", s, e, T), batch_size, **emb_opts)
+                tgt_faces[s:e] = tgt_emb.faces
                 for k in range(e - s):
                     run(s + k, src_emb, 0, tgt_emb, k)
         elif T == 1:  # many sources to one target, embedded once
-            tgt_emb = _embed(net, tgt_list, tgt_boxes, "tgt", batch_size)
+            tgt_emb = _embed(net, tgt_list, tgt_boxes, "tgt", batch_size, **emb_opts)
+            tgt_faces[0] = tgt_emb.faces[0]
             for s in range(0, B, batch_size):
                 e = min(s + batch_size, B)
-                src_emb = _embed(net, src_list[s:e], src_boxes[s:e], chunk_name("src", s, e, B), batch_size)
+                src_emb = _embed(
+                    net, src_list[s:e], src_boxes[s:e], chunk_name("src", s, e, B), batch_size,
+                    points=src_points(s, e), **emb_opts,
+                )
+                src_faces[s:e] = src_emb.faces
                 for k in range(e - s):
                     validate(s + k, src_emb.transforms[k])
                     run(s + k, src_emb, k, tgt_emb, 0)
         else:  # pairwise, both sides in chunks
             for s in range(0, B, batch_size):
                 e = min(s + batch_size, B)
-                src_emb = _embed(net, src_list[s:e], src_boxes[s:e], chunk_name("src", s, e, B), batch_size)
+                src_emb = _embed(
+                    net, src_list[s:e], src_boxes[s:e], chunk_name("src", s, e, B), batch_size,
+                    points=src_points(s, e), **emb_opts,
+                )
+                src_faces[s:e] = src_emb.faces
                 for k in range(e - s):
                     validate(s + k, src_emb.transforms[k])
-                tgt_emb = _embed(net, tgt_list[s:e], tgt_boxes[s:e], chunk_name("tgt", s, e, T), batch_size)
+                tgt_emb = _embed(net, tgt_list[s:e], tgt_boxes[s:e], chunk_name("tgt", s, e, T), batch_size, **emb_opts)
+                tgt_faces[s:e] = tgt_emb.faces
                 for k in range(e - s):
                     run(s + k, src_emb, k, tgt_emb, k)
 
@@ -370,6 +416,8 @@ def transfer_keypoints(
         similarity=_restore(sim.reshape(out_shape), points),
         mutual=_restore(mut.reshape(out_shape), points, boolean=True),
         confidence=_restore(conf.reshape(out_shape), points),
+        src_face=src_faces if src_batched else src_faces[0],
+        tgt_face=tgt_faces if tgt_batched else tgt_faces[0],
     )
     return result, scores
 
@@ -394,6 +442,8 @@ class DenseCorrespondence:
         inverse_field: (S, S, 2) float64 source image ``(x, y)`` matched by
             every target grid pixel (target -> source nearest neighbours, the
             backward map used by :meth:`warp`).
+        src_face: The detection that framed the source (``None`` for a given box).
+        tgt_face: The detection that framed the target.
     """
 
     src_points: np.ndarray
@@ -404,6 +454,8 @@ class DenseCorrespondence:
     src_transform: CropTransform
     tgt_transform: CropTransform
     inverse_field: np.ndarray = dataclass_field(repr=False)
+    src_face: Any = None
+    tgt_face: Any = None
 
     def __len__(self) -> int:
         return int(self.src_points.shape[0])
@@ -487,6 +539,7 @@ def transfer_dense(
     temperature: float = 0.02,
     device: str | torch.device | None = None,
     chunk_size: int | None = None,
+    detector: Any = None,
 ) -> DenseCorrespondence:
     """Dense keypoint transfer: where every source grid pixel lands in the target.
 
@@ -500,8 +553,9 @@ def transfer_dense(
     Args:
         src: One source image (any type :func:`dife.images.load_image` accepts).
         tgt: One target image.
-        src_box: Face box ``(x0, y0, x1, y1)`` of the source, or ``None``.
-        tgt_box: Face box of the target, or ``None``.
+        src_box: Face box ``(x0, y0, x1, y1)`` of the source, ``"image"``
+            (centred square), or ``None`` to find the face (the best-scoring one).
+        tgt_box: The same for the target.
         model: A :class:`~dife.modeling.DIFE`, a model name / path, or ``None``
             (the default model).
         stride: Take every ``stride``-th grid pixel along each axis (>= 1).
@@ -511,6 +565,7 @@ def transfer_dense(
         device: Where to run (default: the model's device).
         chunk_size: Queries per chunk of the nearest-neighbour search
             (``None``: automatic, about 64 MiB at a time).
+        detector: Face finder for images without a box (``None``: the shipped one).
 
     Returns:
         A :class:`DenseCorrespondence` with ``M = ceil(S / stride) ** 2`` points.
@@ -535,8 +590,8 @@ def transfer_dense(
     src_boxes = normalize_boxes(src_box, 1)
     tgt_boxes = normalize_boxes(tgt_box, 1)
     with torch.no_grad():
-        se = _embed(net, src_list, src_boxes, "src", 1)
-        te = _embed(net, tgt_list, tgt_boxes, "tgt", 1)
+        se = _embed(net, src_list, src_boxes, "src", 1, detector=detector)
+        te = _embed(net, tgt_list, tgt_boxes, "tgt", 1, detector=detector)
         sf, tf = se.features[0], te.features[0]
         st, tt = se.transforms[0], te.transforms[0]
         S = sf.shape[-1]
@@ -572,4 +627,6 @@ def transfer_dense(
         src_transform=st,
         tgt_transform=tt,
         inverse_field=inverse,
+        src_face=se.faces[0],
+        tgt_face=te.faces[0],
     )

@@ -29,6 +29,7 @@ __all__ = [
     "draw_keypoints",
     "draw_matches",
     "draw_parts",
+    "draw_boxes",
     "PALETTE",
     "score_color",
 ]
@@ -417,3 +418,35 @@ def draw_parts(image: Any, labels: Any, *, alpha: float = 0.5) -> Image.Image:
     a = float(alpha) * valid[..., None].astype(np.float32)
     out = img * (1.0 - a) + colour * a
     return Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
+
+
+def draw_boxes(image: Any, faces: Sequence[Any], *, width: int | None = None) -> Image.Image:
+    """Draw face detections (box, species and score, landmarks) on a copy of an image.
+
+    Args:
+        image: Path, PIL image, numpy array or tensor (not modified).
+        faces: [Detection][dife.detection.Detection] objects (anything with
+            ``box``, ``species``, ``score`` and ``keypoints``).
+        width: Line width in pixels; default about 0.5 % of the image side.
+
+    Returns:
+        A new RGB `PIL.Image.Image` of the image's size.
+    """
+    from PIL import ImageDraw
+
+    out = _to_pil(image)
+    w = max(1, round(0.005 * max(out.size))) if width is None else int(width)
+    if w < 1:
+        raise InputError(f"width must be >= 1, got {width!r}")
+    draw = ImageDraw.Draw(out)
+    r = _default_radius(*out.size)
+    for k, f in enumerate(faces):
+        col = PALETTE[k % len(PALETTE)]
+        x0, y0, x1, y1 = (float(v) for v in f.box)
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=col, width=w)
+        draw.text((x0 + w + 2, max(y0, 0) + w + 1), f"{f.species} {f.score:.2f}", fill=col)
+        pts = np.asarray(list(f.keypoints.values()), dtype=np.float64).reshape(-1, 2)
+        if len(pts):
+            _draw_points(draw, pts, [col] * len(pts), r)
+    return out
+
