@@ -154,7 +154,8 @@ def fold_lite0_state_dict(state: Mapping[str, torch.Tensor], num_stages: int = 6
         num_stages: Stages to keep.
 
     Returns:
-        A state dict for ``Lite0Features(num_stages)`` (strict keys).
+        A state dict for ``Lite0Features(num_stages)`` (strict keys), in the
+        dtype of the given convolution weights (the folding is done in float64).
 
     Raises:
         CheckpointError: a missing key or a shape that does not fit.
@@ -168,8 +169,11 @@ def fold_lite0_state_dict(state: Mapping[str, torch.Tensor], num_stages: int = 6
     def fold(conv: str, bn: str) -> tuple[torch.Tensor, torch.Tensor]:
         w = get(f"{conv}.weight")
         g, b, m, v = (get(f"{bn}.{n}") for n in ("weight", "bias", "running_mean", "running_var"))
+        if not (w.shape[0] == g.shape[0] == b.shape[0] == m.shape[0] == v.shape[0]):
+            raise CheckpointError(f"Lite0 weights do not fit: {conv} has {w.shape[0]} outputs, {bn} has {g.shape[0]}")
         scale = g / torch.sqrt(v + _BN_EPS)
-        return (w * scale.view(-1, 1, 1, 1)).float(), (b - m * scale).float()
+        dtype = state[f"{conv}.weight"].dtype
+        return (w * scale.view(-1, 1, 1, 1)).to(dtype), (b - m * scale).to(dtype)
 
     out: dict[str, torch.Tensor] = {}
     out["stem.weight"], out["stem.bias"] = fold("_conv_stem", "_bn0")

@@ -583,26 +583,55 @@ def detector_loss(
 
 # ============================================================================ cache
 class FeatureCache:
-    """Backbone features and targets of many views, on disk (float16 memory maps)."""
+    """Backbone features of many views on disk (float16 memory maps), and their targets in memory.
 
-    def __init__(self, root: Path) -> None:
+    Args:
+        root: A folder written by [build_cache][dife.train.detector.build_cache].
+        photos: The photos the views were drawn from (their faces give the targets).
+        config: The detector's config (geometry, species and landmark order).
+        min_face: See [view_targets][dife.train.detector.view_targets].
+    """
+
+    def __init__(self, root: Path, photos: Sequence[PhotoRecord], config: FaceDetectorConfig, min_face: float) -> None:
         self.root = root
         meta = json.loads((root / "meta.json").read_text())
         self.n = int(meta["n"])
         self.shapes = [tuple(s) for s in meta["shapes"]]
-        self.feats = [
-            np.lib.format.open_memmap(root / f"feat{k}.npy", mode="r") for k in range(len(self.shapes))
-        ]
-        t = np.load(root / "targets.npz")
-        self.heat = t["heat"]
-        self.ignore = t["ignore"]
-        self.face_view = t["face_view"]
-        self.face = {k: t[k] for k in ("centers", "offset", "log_side", "species", "kps", "kps_mask")}
-        self.transforms = t["transforms"]  # (n, 4): left, top, side, flip
-        self.photo = t["photo"]
-        order = np.argsort(self.face_view, kind="stable")
-        self._order = order
-        self._starts = np.searchsorted(self.face_view[order], np.arange(self.n + 1))
+        self.feats = [np.lib.format.open_memmap(root / f"feat{k}.npy", mode="r") for k in range(len(self.shapes))]
+        views = np.load(root / "views.npz")
+        self.transforms = views["transforms"]  # (n, 4): left, top, side, flip
+        self.photo = views["photo"]
+        self.retarget(photos, config, min_face)
+
+    def retarget(self, photos: Sequence[PhotoRecord], config: FaceDetectorConfig, min_face: float) -> None:
+        """(Re)compute the targets of every view from the photos' faces (features are unchanged)."""
+        size, stride = config.input_size, config.stride
+        g = size // stride
+        self.heat = np.zeros((self.n, g, g), np.float16)
+        self.ignore = np.zeros((self.n, g, g), bool)
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in _FACE_KEYS}
+        view_of: list[np.ndarray] = []
+        flipped: dict[int, tuple[FaceRecord, ...]] = {}
+        for v in range(self.n):
+            photo = photos[int(self.photo[v])]
+            left, top, side, flip = self.transforms[v]
+            if flip:
+                faces = flipped.setdefault(int(self.photo[v]), flipped_faces(photo))
+            else:
+                faces = photo.faces
+            t = CropTransform(float(left), float(top), float(side), size, photo.width, photo.height)
+            tg = view_targets(faces, t, stride, species=config.species, keypoints=config.keypoints, min_face=min_face)
+            self.heat[v] = tg["heat"]
+            self.ignore[v] = tg["ignore"]
+            for k in _FACE_KEYS:
+                parts[k].append(tg[k])
+            view_of.append(np.full(len(tg["centers"]), v, np.int64))
+        P = len(config.keypoints)
+        shapes = {"centers": (-1, 2), "offset": (-1, 2), "log_side": (-1,), "species": (-1,), "kps": (-1, P, 2), "kps_mask": (-1, P)}
+        self.face = {k: np.concatenate(parts[k]).reshape(shapes[k]) for k in _FACE_KEYS}
+        self.face_view = np.concatenate(view_of) if view_of else np.zeros(0, np.int64)
+        self._order = np.argsort(self.face_view, kind="stable")
+        self._starts = np.searchsorted(self.face_view[self._order], np.arange(self.n + 1))
 
     def batch(self, idx: np.ndarray) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """Features and targets of views ``idx``."""
@@ -625,6 +654,9 @@ class FeatureCache:
         return feats, batch
 
 
+_FACE_KEYS = ("centers", "offset", "log_side", "species", "kps", "kps_mask")
+
+
 def build_cache(
     photos: Sequence[PhotoRecord],
     views_per_photo: int,
@@ -636,9 +668,10 @@ def build_cache(
     whole_only: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> FeatureCache:
-    """Render the views of every photo, run the backbone once and store features and targets.
+    """Render the views of every photo and run the frozen backbone over them once.
 
-    A finished cache (``meta.json`` present, same settings) is reused as is.
+    A finished cache (``meta.json`` present, same settings) is reused as is;
+    targets are always computed afresh from the photos' faces.
 
     Args:
         photos: Photos to render.
@@ -646,12 +679,12 @@ def build_cache(
         detector: Supplies the frozen backbone and the geometry.
         root: Cache folder.
         seed: Seed of the views.
-        min_face: See :func:`view_targets`.
+        min_face: See [view_targets][dife.train.detector.view_targets].
         whole_only: One letterboxed view per photo (validation).
         progress: Called with a line now and then.
 
     Returns:
-        The :class:`FeatureCache`.
+        The [FeatureCache][dife.train.detector.FeatureCache].
     """
     root = Path(root)
     c = detector.config
@@ -661,16 +694,13 @@ def build_cache(
         "seed": seed,
         "size": c.input_size,
         "stages": list(c.feature_stages),
-        "min_face": min_face,
         "version": 1,
     }
     meta_path = root / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("settings") == settings:
-            return FeatureCache(root)
+    if meta_path.is_file() and json.loads(meta_path.read_text()).get("settings") == settings:
+        return FeatureCache(root, photos, c, min_face)
     root.mkdir(parents=True, exist_ok=True)
-    size, stride = c.input_size, c.stride
+    size = c.input_size
     per = 1 if whole_only else views_per_photo
     n = len(photos) * per
     with torch.no_grad():
@@ -680,54 +710,42 @@ def build_cache(
         np.lib.format.open_memmap(root / f"feat{k}.npy", mode="w+", dtype=np.float16, shape=(n, *s))
         for k, s in enumerate(shapes)
     ]
-    g = size // stride
-    heat = np.zeros((n, g, g), np.float16)
-    ignore = np.zeros((n, g, g), bool)
     transforms = np.zeros((n, 4), np.float64)
     photo_idx = np.zeros(n, np.int64)
-    face_parts: dict[str, list[np.ndarray]] = {k: [] for k in ("centers", "offset", "log_side", "species", "kps", "kps_mask")}
-    face_view: list[np.ndarray] = []
     mean = torch.tensor(c.mean).view(3, 1, 1)
     std = torch.tensor(c.std).view(3, 1, 1)
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     v = 0
     pending: list[torch.Tensor] = []
-    pending_at = 0
+    done = 0
 
     def flush() -> None:
-        nonlocal pending, pending_at
+        nonlocal pending, done
         if not pending:
             return
         with torch.no_grad():
             outs = detector.backbone(torch.stack(pending))
         for k, o in enumerate(outs):
-            feats[k][pending_at : pending_at + len(pending)] = o.numpy().astype(np.float16)
-        pending_at += len(pending)
+            feats[k][done : done + len(pending)] = o.numpy().astype(np.float16)
+        done += len(pending)
         pending = []
 
     for pi, photo in enumerate(photos):
         image = load_image(photo.path, what=str(photo.path))
         if (image.shape[2], image.shape[1]) != (photo.width, photo.height):
-            raise InputError(f"{photo.path}: annotated size {photo.width}x{photo.height}, file {image.shape[2]}x{image.shape[1]}")
+            raise InputError(
+                f"{photo.path}: annotated size {photo.width}x{photo.height}, file {image.shape[2]}x{image.shape[1]}"
+            )
         views = (
             [View(0.0, 0.0, float(max(photo.width, photo.height)), False, (1.0, 1.0, 1.0, False))]
             if whole_only
             else sample_views(photo, per, rng)
         )
         for view in views:
-            x = render_view(image, view, size)
-            pending.append((x - mean) / std)
-            faces = flipped_faces(photo) if view.flip else photo.faces
-            t = CropTransform(view.left, view.top, view.side, size, photo.width, photo.height)
-            tg = view_targets(faces, t, stride, species=c.species, keypoints=c.keypoints, min_face=min_face)
-            heat[v] = tg["heat"]
-            ignore[v] = tg["ignore"]
+            pending.append((render_view(image, view, size) - mean) / std)
             transforms[v] = (view.left, view.top, view.side, float(view.flip))
             photo_idx[v] = pi
-            for k in face_parts:
-                face_parts[k].append(tg[k])
-            face_view.append(np.full(len(tg["centers"]), v, np.int64))
             v += 1
             if len(pending) >= 32:
                 flush()
@@ -736,23 +754,9 @@ def build_cache(
     flush()
     for f in feats:
         f.flush()
-    P = len(c.keypoints)
-    np.savez(
-        root / "targets.npz",
-        heat=heat,
-        ignore=ignore,
-        transforms=transforms,
-        photo=photo_idx,
-        face_view=np.concatenate(face_view) if face_view else np.zeros(0, np.int64),
-        centers=np.concatenate(face_parts["centers"]).reshape(-1, 2),
-        offset=np.concatenate(face_parts["offset"]).reshape(-1, 2),
-        log_side=np.concatenate(face_parts["log_side"]).reshape(-1),
-        species=np.concatenate(face_parts["species"]).reshape(-1),
-        kps=np.concatenate(face_parts["kps"]).reshape(-1, P, 2),
-        kps_mask=np.concatenate(face_parts["kps_mask"]).reshape(-1, P),
-    )
+    np.savez(root / "views.npz", transforms=transforms, photo=photo_idx)
     meta_path.write_text(json.dumps({"n": n, "shapes": shapes, "settings": settings}))
-    return FeatureCache(root)
+    return FeatureCache(root, photos, c, min_face)
 
 
 # ============================================================================ evaluation
@@ -844,7 +848,11 @@ def train_detector(
         photos, config.views_per_photo, det, cache_root / "train", seed=config.seed, min_face=config.min_face, progress=log
     )
     val_photos = read_wild_boxes(config.val_data) if config.val_data else []
-    val = build_cache(val_photos, 1, det, cache_root / "val", whole_only=True, progress=log) if val_photos else None
+    val = (
+        build_cache(val_photos, 1, det, cache_root / "val", whole_only=True, min_face=config.min_face, progress=log)
+        if val_photos
+        else None
+    )
 
     params = [p for n, p in det.named_parameters() if not n.startswith("backbone.")]
     opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
