@@ -16,9 +16,12 @@ Pure functions on batched tensors, no module state. Every loss returns a
   ``L = 1e-2 L_K1 + 1 L_K2 + 1e-2 L_M1 + 1e-2 L_M2`` with a log dict.
 
 Coordinates follow :mod:`dife.coords`: ``(x, y)`` grid coordinates where an
-integer is the centre of that pixel of the map. Matching distances are
-divided by the side of the target map (``max(H, W)``), so a loss of ``0.1``
-means "off by a tenth of the map" whatever the resolution.
+integer is the centre of that pixel of the map. With ``reduction="mean"``
+(default) matching distances are divided by the side of the target map
+(``max(H, W)``) and averaged over the pixels, so a loss of ``0.1`` means "off
+by a tenth of the map" whatever the resolution; ``reduction="sum"`` is eq. 5
+as written: the distances in pixels of the target map, summed over the
+pixels of each pair (then averaged over the pairs of the batch).
 
 Memory: the matching losses compare every pixel of one map with every pixel
 of the other (a 96 x 96 pair is 9,216 x 9,216 = 85 M similarities, 340 MB in
@@ -59,6 +62,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {"k1": 1e-2, "k2": 1.0, "m1": 1e-2, "m2": 1e
 CHUNK_ELEMENTS: int = 2**24
 
 Normalize = Literal["softmax", "cosine"]
+Reduction = Literal["mean", "sum"]
 
 
 # ------------------------------------------------------------------ validation
@@ -224,6 +228,12 @@ def _chunk(chunk_size: int | None, batch: int, keys: int) -> int:
     return chunk_size
 
 
+def _check_reduction(reduction: object) -> str:
+    if reduction not in ("mean", "sum"):
+        raise InputError(f"reduction must be 'mean' or 'sum' (eq. 5), got {reduction!r}")
+    return str(reduction)
+
+
 def _check_options(temperature: float, normalize: str) -> float:
     if normalize not in ("softmax", "cosine"):
         raise InputError(f"normalize must be 'softmax' or 'cosine', got {normalize!r}")
@@ -304,6 +314,7 @@ def matching_loss(
     temperature: float = 0.02,
     normalize: Normalize = "softmax",
     chunk_size: int | None = None,
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     """Semantic matching loss (paper eq. 4-5, ``L_M1`` / ``L_M2``).
 
@@ -311,10 +322,13 @@ def matching_loss(
     ``p_i`` in ``e2`` (:func:`soft_locations`) should land on the known
     correspondence ``t_i``:
 
-    ``loss = mean_i ||p_i - t_i||_2 / max(H2, W2)``
-
-    i.e. the distance in ``e2`` pixels divided by the side of ``e2``, so the
-    value does not depend on the map resolution.
+    * ``reduction="mean"`` (default): ``mean_i ||p_i - t_i||_2 / max(H2, W2)``,
+      the distance in ``e2`` pixels divided by the side of ``e2`` and averaged
+      over the (valid) pixels of the batch, so the value does not depend on
+      the map resolution;
+    * ``reduction="sum"``: ``mean_b sum_i ||p_i - t_i||_2``, eq. 5 as
+      written: distances in ``e2`` pixels summed over the (valid, weighted)
+      pixels of each pair, then averaged over the pairs.
 
     Args:
         e1: (B, C, H, W) embedding of the first image.
@@ -335,6 +349,7 @@ def matching_loss(
         normalize: ``"softmax"`` or ``"cosine"``.
         chunk_size: Pixels of ``e1`` per chunk (see :func:`soft_locations`);
             it changes neither the value nor the gradients.
+        reduction: ``"mean"`` or ``"sum"`` (see above).
 
     Returns:
         0-d tensor >= 0 (0 when no pixel is valid).
@@ -347,7 +362,7 @@ def matching_loss(
     _check_map(e2, "e2")
     _check_pair(e1, e2, "e1", "e2")
     scale = _check_options(temperature, normalize)
-    return _matching_loss(e1, e2, grid1_to_2, valid, scale, normalize, chunk_size)
+    return _matching_loss(e1, e2, grid1_to_2, valid, scale, normalize, chunk_size, _check_reduction(reduction))
 
 
 def _matching_loss(
@@ -358,12 +373,13 @@ def _matching_loss(
     scale: float,
     normalize: str,
     chunk_size: int | None,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     b, _, h, w = e1.shape
     h2, w2 = int(e2.shape[-2]), int(e2.shape[-1])
     target = _target_grid(grid1_to_2, (b, h, w), (h2, w2), e1)
     p = _soft_locations(e1, e2, scale, normalize, chunk_size)
-    dist = torch.linalg.vector_norm(p - target, dim=-1) / float(max(h2, w2))  # (B, H, W)
+    dist = torch.linalg.vector_norm(p - target, dim=-1)  # (B, H, W), e2 pixels
     inside = (
         (target[..., 0] >= -0.5)
         & (target[..., 0] <= w2 - 0.5)
@@ -371,7 +387,9 @@ def _matching_loss(
         & (target[..., 1] <= h2 - 0.5)
     ).to(dist.dtype)
     weights = inside if valid is None else inside * _mask(valid, (b, h, w), "valid", dist)
-    return _masked_mean(dist, weights)
+    if reduction == "sum":
+        return (dist * weights).flatten(1).sum(dim=1).mean()
+    return _masked_mean(dist / float(max(h2, w2)), weights)
 
 
 def _target_grid(
@@ -450,6 +468,7 @@ def dve_exchange_loss(
     exchange_temperature: float | None = None,
     normalize: Normalize = "softmax",
     chunk_size: int | None = None,
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     """Descriptor vector exchange loss (Thewlis, Bilen, Vedaldi, ICCV 2019).
 
@@ -472,6 +491,7 @@ def dve_exchange_loss(
             (defaults to ``temperature``).
         normalize: Weighting of the matching step (see :func:`soft_locations`).
         chunk_size: Pixels per chunk in both steps.
+        reduction: Reduction of the matching step (see :func:`matching_loss`).
 
     Returns:
         0-d tensor >= 0.
@@ -486,8 +506,9 @@ def dve_exchange_loss(
     _check_pair(e1, e3, "e1", "e3")
     scale = _check_options(temperature, normalize)
     scale_ex = _check_options(temperature if exchange_temperature is None else exchange_temperature, "softmax")
+    red = _check_reduction(reduction)
     e1_hat = _exchange(e1, e3, scale_ex, chunk_size)
-    return _matching_loss(e1_hat, e2, grid1_to_2, valid, scale, normalize, chunk_size)
+    return _matching_loss(e1_hat, e2, grid1_to_2, valid, scale, normalize, chunk_size, red)
 
 
 # ---------------------------------------------------------------------- total
