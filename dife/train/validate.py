@@ -9,6 +9,20 @@ from the source to the target with :func:`dife.transfer.transfer_keypoints`
 and compared with the target's annotation. Distances are scaled to a 70 x 70
 image (``distance * 70 / target side``), the metric of the paper.
 
+Two scorings (``scoring``):
+
+* ``"dife"`` (default): :func:`dife.transfer.transfer_keypoints` -- the
+  descriptor sampled bilinearly at the source point, nearest neighbour by
+  cosine similarity, every keypoint name both species share;
+* ``"authors"``: the authors' evaluation script
+  (``exp_keypoint_transfer_celeba+ap10k_unrefactored.py``, ``find_descriptor``):
+  the source position scaled to the 96 x 96 input (``x * 96 / side``, no
+  half-pixel shift) and **rounded** to a pixel, the arg-max of the **raw dot
+  product** of the (not normalised) embeddings, the match scaled back
+  (``g * side / 96``), and only the **first three** shared keypoints of the
+  source's annotation order (eyes and nose for every species of
+  ``shared/data/faces``).
+
 Example:
     >>> res = keypoint_transfer_error(model, "../shared/data/faces", pairs=200)  # doctest: +SKIP
     >>> res.overall, res.per_pair["human->dog"]  # doctest: +SKIP
@@ -28,13 +42,27 @@ import numpy as np
 
 from dife.errors import InputError, ModelNotFoundError, UnknownDomainError
 
-__all__ = ["ANNOTATIONS_FILE", "SCALE", "Annotation", "TransferError", "read_annotations", "keypoint_transfer_error"]
+__all__ = [
+    "ANNOTATIONS_FILE",
+    "SCALE",
+    "SCORINGS",
+    "Annotation",
+    "TransferError",
+    "read_annotations",
+    "keypoint_transfer_error",
+]
 
 #: Name of the annotation file of a labelled folder.
 ANNOTATIONS_FILE = "annotations.json"
 
 #: Side of the reference image the errors are scaled to (the paper's 70 x 70).
 SCALE = 70.0
+
+#: Scorings of :func:`keypoint_transfer_error` (see the module docstring).
+SCORINGS = ("dife", "authors")
+
+#: Keypoints per image compared by the authors' scoring (their ``kp_src[:3]``).
+AUTHORS_KEYPOINTS = 3
 
 
 @dataclass(frozen=True)
@@ -160,6 +188,7 @@ def keypoint_transfer_error(
     refine: bool = False,
     device: Any = None,
     spatial_prior: float = 0.0,
+    scoring: str = "dife",
 ) -> TransferError:
     """Mean cross-species keypoint-transfer error of ``model`` on a labelled folder.
 
@@ -185,6 +214,8 @@ def keypoint_transfer_error(
         spatial_prior: Weight of the spatial prior of
             :func:`~dife.transfer.transfer_keypoints`; 0 (default) measures
             the embedding alone, ``None`` uses the model's default.
+        scoring: ``"dife"`` (default) or ``"authors"`` (module docstring;
+            ``refine`` and ``spatial_prior`` do not apply to it).
 
     Returns:
         A :class:`TransferError` (``overall`` and ``per_pair`` in 70-px units).
@@ -200,6 +231,8 @@ def keypoint_transfer_error(
         raise InputError(f"pairs must be a positive int, got {pairs!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed must be an int, got {seed!r}")
+    if scoring not in SCORINGS:
+        raise InputError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
     records = read_annotations(folder)
     by_species: dict[str, list[Annotation]] = {}
     for rec in records:
@@ -240,19 +273,26 @@ def keypoint_transfer_error(
     counts: dict[str, int] = {}
     try:
         for (a, b), items in jobs.items():
-            kp = sorted(common[a] & common[b])
+            if scoring == "authors":
+                order = list(by_species[a][0].keypoints)
+                kp = [k for k in order if k in common[a] & common[b]][:AUTHORS_KEYPOINTS]
+            else:
+                kp = sorted(common[a] & common[b])
             pts = np.array([[r.keypoints[k] for k in kp] for r, _ in items], dtype=np.float64)  # (B, N, 2)
             gt = np.array([[t.keypoints[k] for k in kp] for _, t in items], dtype=np.float64)
-            pred = transfer_keypoints(
-                [str(r.path) for r, _ in items],
-                [str(t.path) for _, t in items],
-                pts,
-                model=net,
-                refine=refine,
-                batch_size=batch_size,
-                device=device,
-                spatial_prior=spatial_prior,
-            )
+            if scoring == "authors":
+                pred = _authors_transfer(net, [r.path for r, _ in items], [t.path for _, t in items], pts, device)
+            else:
+                pred = transfer_keypoints(
+                    [str(r.path) for r, _ in items],
+                    [str(t.path) for _, t in items],
+                    pts,
+                    model=net,
+                    refine=refine,
+                    batch_size=batch_size,
+                    device=device,
+                    spatial_prior=spatial_prior,
+                )
             pred = np.asarray(pred, dtype=np.float64).reshape(gt.shape)
             scale = np.array([SCALE / _image_side(t.path, sides) for _, t in items])[:, None]
             err = np.linalg.norm(pred - gt, axis=-1) * scale  # (B, N)
@@ -263,3 +303,37 @@ def keypoint_transfer_error(
             model.train(restore)
     overall = float(np.mean(list(per_pair.values())))
     return TransferError(overall, per_pair, counts, pairs, tuple(chosen))
+
+
+def _authors_transfer(
+    model: Any, sources: list[Path], targets: list[Path], points: np.ndarray, device: Any
+) -> np.ndarray:
+    """The authors' ``find_descriptor`` for (B, N, 2) source points: (B, N, 2) target points.
+
+    Rounded source position on the input grid (``x * S / side``), raw dot
+    product, arg-max, scaled back (``g * side / S``); crops follow the crop
+    rule of :func:`dife.embedding.prepare` (the whole image for square images).
+    """
+    import torch
+
+    from dife.embedding import prepare
+    from dife.images import load_image
+    from dife.transfer import _setup
+
+    net, dev = _setup(model, device)
+    out = np.zeros_like(points)
+    with torch.no_grad():
+        for i, (src, tgt) in enumerate(zip(sources, targets, strict=True)):
+            x, transforms = prepare(
+                [load_image(str(src), what="source"), load_image(str(tgt), what="target")], None, net.config, device=dev
+            )
+            feats = net(x.to(dev, next(net.parameters()).dtype)).float()  # (2, C, S, S), not normalised
+            c, size = int(feats.shape[1]), int(feats.shape[-1])
+            ts, tt = transforms
+            g = (points[i] - np.array([ts.left, ts.top])) * (size / ts.side)
+            g = np.clip(np.round(g), 0, size - 1).astype(np.int64)  # (N, 2) x, y
+            query = feats[0][:, torch.as_tensor(g[:, 1]), torch.as_tensor(g[:, 0])].t()  # (N, C)
+            best = (query @ feats[1].reshape(c, -1)).argmax(dim=1).cpu().numpy()  # (N,)
+            match = np.stack([best % size, best // size], axis=-1).astype(np.float64)
+            out[i] = match * (tt.side / size) + np.array([tt.left, tt.top])
+    return out
