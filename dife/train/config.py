@@ -1,12 +1,12 @@
 """Configuration of a DIFE training run: a tree of dataclasses, YAML files, dotted overrides.
 
-A run is described by one :class:`TrainConfig`. It is read from YAML
-(:func:`load_config`), changed with ``key.sub=value`` overrides
-(:func:`apply_overrides`, the ``dife train CONFIG key=value ...`` syntax),
-checked (:meth:`TrainConfig.validate`) and written back, resolved, as
-``train_config.yaml`` in the output folder (:func:`save_config`). Loading the
+A run is described by one [TrainConfig][dife.train.config.TrainConfig]. It is read from YAML
+([load_config][dife.train.config.load_config]), changed with ``key.sub=value`` overrides
+([apply_overrides][dife.train.config.apply_overrides], the ``dife train CONFIG key=value ...`` syntax),
+checked ([TrainConfig.validate][dife.train.config.TrainConfig.validate]) and written back, resolved, as
+``train_config.yaml`` in the output folder ([save_config][dife.train.config.save_config]). Loading the
 written file gives the same config again (YAML -> dataclass -> YAML is the
-identity for files written by :func:`save_config`).
+identity for files written by [save_config][dife.train.config.save_config]).
 
 Layout (every key is optional; the shipped ``paper_*`` configs set the paper's
 and the authors' values where the defaults differ, see the training guide)::
@@ -32,7 +32,7 @@ Overrides name a key by its dotted path (``optim.lr=3e-4``,
 parsed as YAML, then coerced to the field's type (``"1e-3"`` is a float for
 a float field; strings stay strings for string fields; ``null`` clears an
 optional field). Unknown keys, values of the wrong type and unknown species
-raise :class:`~dife.errors.InputError` (:class:`~dife.errors.UnknownDomainError`
+raise [InputError][dife.errors.InputError] ([UnknownDomainError][dife.errors.UnknownDomainError]
 for species) naming the key.
 
 Relative paths in a config are relative to the current working directory.
@@ -263,7 +263,7 @@ class LossConfig:
         match_reduction: ``"mean"``: matching distances divided by the map
             side and averaged over the pixels; ``"sum"``: eq. 5, distances in
             pixels of the matching grid summed over the pixels of each pair
-            (:func:`dife.train.losses.matching_loss`).
+            ([matching_loss][dife.train.losses.matching_loss]).
         distill_reduction: ``"mean"``: ``L_K1`` / ``L_K2`` averaged over the
             pixels; ``"sum"``: summed over the ``input_size x input_size``
             pixels of the student's grid (the mean times ``input_size²``), as
@@ -333,7 +333,7 @@ class AugmentConfig:
         tps: Largest thin-plate-spline offset (fraction of the side; 0 = affine warps only).
         tps_points: Control points per side of the TPS lattice.
         brightness, contrast, saturation, hue, grayscale: Colour jitter
-            strengths (:func:`dife.train.augment.color_jitter`), student input only.
+            strengths ([color_jitter][dife.train.augment.color_jitter]), student input only.
         jitter_p: Probability that a view is colour-jittered at all (the
             authors: 0.7, with brightness 0.1 and hue 0.1 only).
     """
@@ -377,7 +377,7 @@ class PseudoPairConfig:
         inter: Use cross-species pairs (``L_M2``).
         check: Health check of every refresh: items whose search did not move
             are searched again from new starts (``retries``), then training
-            stops with :class:`dife.train.pseudo_pairs.PseudoPairError`
+            stops with [PseudoPairError][dife.train.pseudo_pairs.PseudoPairError]
             (``on_failure: raise``) or logs a warning (``warn``).
         retries: New starts for stuck items.
         min_loss_drop: Smallest relative drop of the objective that counts as moving.
@@ -424,7 +424,7 @@ class ValidationConfig:
         scoring: ``"dife"`` (cosine nearest neighbour of the bilinearly
             sampled descriptor, every shared keypoint) or ``"authors"`` (the
             authors' evaluation: rounded source position, raw dot product,
-            first three keypoints); see :mod:`dife.train.validate`.
+            first three keypoints); see [dife.train.validate][dife.train.validate].
     """
 
     folder: str = ""

@@ -3,19 +3,19 @@
 Pure functions on batched tensors, no module state. Every loss returns a
 0-d tensor that is differentiable with respect to its floating-point inputs.
 
-* :func:`distillation_loss` -- ``L_K1`` (student embedding vs. the frozen CSE
+* [distillation_loss][dife.train.losses.distillation_loss] -- ``L_K1`` (student embedding vs. the frozen CSE
   embedding) and ``L_K2`` (domain converter output vs. the StyleGAN2 feature
   map): the per-pixel Euclidean distance, averaged over pixels.
-* :func:`matching_loss` -- the semantic matching loss of the paper (eq. 4-5,
+* [matching_loss][dife.train.losses.matching_loss] -- the semantic matching loss of the paper (eq. 4-5,
   ``L_M1`` / ``L_M2``): the similarity-weighted mean location of each pixel
   in the other image must land on its known correspondence.
-* :func:`dve_exchange_loss` -- the descriptor vector exchange of Thewlis et
+* [dve_exchange_loss][dife.train.losses.dve_exchange_loss] -- the descriptor vector exchange of Thewlis et
   al. (ICCV 2019): descriptors of the first image are first re-expressed
   through an auxiliary image, then matched into the second.
-* :func:`total_loss` -- the weighted sum
+* [total_loss][dife.train.losses.total_loss] -- the weighted sum
   ``L = 1e-2 L_K1 + 1 L_K2 + 1e-2 L_M1 + 1e-2 L_M2`` with a log dict.
 
-Coordinates follow :mod:`dife.coords`: ``(x, y)`` grid coordinates where an
+Coordinates follow [dife.coords][dife.coords]: ``(x, y)`` grid coordinates where an
 integer is the centre of that pixel of the map. With ``reduction="mean"``
 (default) matching distances are divided by the side of the target map
 (``max(H, W)``) and averaged over the pixels, so a loss of ``0.1`` means "off
@@ -27,7 +27,7 @@ Memory: the matching losses compare every pixel of one map with every pixel
 of the other (a 96 x 96 pair is 9,216 x 9,216 = 85 M similarities, 340 MB in
 float32, and autograd would keep the softmax as well). They work on chunks of
 query pixels and, when gradients are needed, recompute each chunk in the
-backward pass (:func:`torch.utils.checkpoint.checkpoint`), so at most one
+backward pass (`torch.utils.checkpoint.checkpoint`), so at most one
 chunk of similarities exists at a time. The value and the gradients do not
 depend on ``chunk_size`` (up to float32 summation order).
 """
@@ -319,7 +319,7 @@ def matching_loss(
     """Semantic matching loss (paper eq. 4-5, ``L_M1`` / ``L_M2``).
 
     For each pixel ``u_i`` of ``e1`` the similarity-weighted mean location
-    ``p_i`` in ``e2`` (:func:`soft_locations`) should land on the known
+    ``p_i`` in ``e2`` ([soft_locations][dife.train.losses.soft_locations]) should land on the known
     correspondence ``t_i``:
 
     * ``reduction="mean"`` (default): ``mean_i ||p_i - t_i||_2 / max(H2, W2)``,
@@ -345,9 +345,9 @@ def matching_loss(
             Eq. 5 as printed uses the raw cosine similarity; we follow DVE
             and use a softmax with temperature (``normalize="softmax"``);
             ``normalize="cosine"`` gives the printed form (see
-            :func:`soft_locations`).
+            [soft_locations][dife.train.losses.soft_locations]).
         normalize: ``"softmax"`` or ``"cosine"``.
-        chunk_size: Pixels of ``e1`` per chunk (see :func:`soft_locations`);
+        chunk_size: Pixels of ``e1`` per chunk (see [soft_locations][dife.train.losses.soft_locations]);
             it changes neither the value nor the gradients.
         reduction: ``"mean"`` or ``"sum"`` (see above).
 
@@ -475,8 +475,8 @@ def dve_exchange_loss(
     ``e1`` and ``e2`` are two warps of the same image with the known
     correspondence ``grid1_to_2``; ``e3`` is an auxiliary image (another
     instance). The descriptors of ``e1`` are replaced by their soft
-    reconstruction from ``e3`` (:func:`exchange_descriptors`) and the result
-    is matched into ``e2`` with :func:`matching_loss`. The loss is small only
+    reconstruction from ``e3`` ([exchange_descriptors][dife.train.losses.exchange_descriptors]) and the result
+    is matched into ``e2`` with [matching_loss][dife.train.losses.matching_loss]. The loss is small only
     when corresponding parts of *different* instances have similar
     descriptors, which discourages instance-specific embeddings.
 
@@ -484,14 +484,14 @@ def dve_exchange_loss(
         e1: (B, C, H, W) embedding of the first warp.
         e2: (B, C, H2, W2) embedding of the second warp.
         e3: (B, C, H3, W3) embedding of the auxiliary image.
-        grid1_to_2: (B, H, W, 2) targets in ``e2`` (see :func:`matching_loss`).
+        grid1_to_2: (B, H, W, 2) targets in ``e2`` (see [matching_loss][dife.train.losses.matching_loss]).
         valid: Optional (B, H, W) / (B, 1, H, W) weights of ``e1``'s pixels.
         temperature: Temperature of the matching step.
         exchange_temperature: Temperature of the reconstruction from ``e3``
             (defaults to ``temperature``).
-        normalize: Weighting of the matching step (see :func:`soft_locations`).
+        normalize: Weighting of the matching step (see [soft_locations][dife.train.losses.soft_locations]).
         chunk_size: Pixels per chunk in both steps.
-        reduction: Reduction of the matching step (see :func:`matching_loss`).
+        reduction: Reduction of the matching step (see [matching_loss][dife.train.losses.matching_loss]).
 
     Returns:
         0-d tensor >= 0.

@@ -25,7 +25,7 @@ Conventions (the defaults are the paper's / the authors'):
   ``||F - T||_2 = sqrt(sum_{c,p} (F - T)^2)`` (``T`` the student map resized
   to the feature grid, bilinear, ``align_corners=False``); ``"pixel_mean"``
   is the per-pixel norm averaged over the pixels, the distillation loss of
-  :mod:`dife.train.losses` (``sqrt(R^2)`` = 64 times smaller for a 64 x 64
+  [dife.train.losses][dife.train.losses] (``sqrt(R^2)`` = 64 times smaller for a 64 x 64
   map, so the prior then dominates: see below).
 * **Prior** (``prior``): ``λ ||w - w̄||_2`` (not squared, eq. 3);
   ``prior="squared"`` uses its square. In ``w+`` space it is the mean over
@@ -35,7 +35,7 @@ Conventions (the defaults are the paper's / the authors'):
   (lowest objective), so ``final_loss <= initial_loss`` item by item.
 * Nothing flows back into the student (its outputs are computed under
   ``torch.no_grad`` in eval mode) or the teacher (gradients are taken with
-  :func:`torch.autograd.grad` with respect to the latent only).
+  `torch.autograd.grad` with respect to the latent only).
 
 **Why the scales matter.** The non-squared prior is not smooth at ``w̄``:
 wherever the data term's gradient is shorter than ``λ``, ``w̄`` is a local
@@ -49,14 +49,14 @@ check** makes sure it never goes unnoticed:
 * after the search, each item's relative loss drop, latent step
   ``||w - w_start||``, distance ``||w - w̄||`` and image change
   (mean absolute difference of the start and final images, in [-1, 1] units)
-  are measured (:class:`SearchHealth`, also logged);
+  are measured ([SearchHealth][dife.train.pseudo_pairs.SearchHealth], also logged);
 * an item whose loss dropped by less than ``min_loss_drop`` (relative), whose
   image changed by less than ``min_image_change``, or that ended at ``w̄``
   "did not move"; it is searched again from a new sampled start, up to
   ``retries`` times;
-* items still stuck then raise :class:`PseudoPairError` naming them and
+* items still stuck then raise [PseudoPairError][dife.train.pseudo_pairs.PseudoPairError] naming them and
   their numbers (``on_failure="warn"`` logs a warning instead and returns
-  them, flagged in :attr:`SearchHealth.moved`).
+  them, flagged in ``SearchHealth.moved``).
 
 Items whose start already meets ``target_loss`` count as healthy; with
 ``steps=0`` (no search) or ``check=False`` nothing is checked.
@@ -128,7 +128,7 @@ OnFailure = Literal["raise", "warn"]
 
 
 class PseudoPairError(DIFEError, RuntimeError):
-    """The latent search did not move for some items, even from new starts (see :class:`SearchHealth`)."""
+    """The latent search did not move for some items, even from new starts (see [SearchHealth][dife.train.pseudo_pairs.SearchHealth])."""
 
 
 # ----------------------------------------------------------------------- result
@@ -233,7 +233,7 @@ class PseudoPairs:
             last one, for items searched again).
         stopped_early: Whether the early-stopping rule ended the first search.
         w_start: (B, ...) the start latent of each item's returned search.
-        health: The health check (:class:`SearchHealth`), or ``None``.
+        health: The health check ([SearchHealth][dife.train.pseudo_pairs.SearchHealth]), or ``None``.
     """
 
     images: torch.Tensor
@@ -387,7 +387,7 @@ def pseudo_pair_objective(
     Args:
         features: (B, C, R, R) teacher feature map ``F(w)``.
         target: (B, C, h, w) converted student map ``Ψ(Φ(x))``; resized to
-            ``R x R`` as :func:`dife.train.losses.distillation_loss` does.
+            ``R x R`` as [distillation_loss][dife.train.losses.distillation_loss] does.
         w: (B, w_dim) or (B, num_ws, w_dim) latents.
         w_mean: (w_dim,) mean latent ``w̄``.
         lam: Weight ``λ`` of the prior (>= 0).
@@ -552,7 +552,7 @@ def synthesize_pseudo_pairs(
         start_truncation: Truncation psi of the sampled starts (0.7) and of
             the new starts of retries, in [0, 1].
         steps: Maximum number of Adam updates (0 returns the starts unchecked).
-        lr: Adam learning rate of the latents ([DEFAULT_LR][dife.train.pseudo_pairs.DEFAULT_LR]).
+        lr: Adam learning rate of the latents (``DEFAULT_LR``).
         early_stop_tol: Relative improvement below which an update counts as
             stalled, or ``None``.
         patience: Stalled updates in a row that stop the optimisation.
@@ -980,7 +980,7 @@ class PseudoPairCache:
     Args:
         every: Refresh period in training steps (>= 1).
         storage_device: Where the pairs are kept.
-        **options: Keyword options of :func:`synthesize_pseudo_pairs`
+        **options: Keyword options of [synthesize_pseudo_pairs][dife.train.pseudo_pairs.synthesize_pseudo_pairs]
             (``lam``, ``steps``, ``lr``, ``w_space``, ...).
 
     Raises:
@@ -1036,7 +1036,7 @@ class PseudoPairCache:
         return list(self._entries)
 
     def clear(self) -> None:
-        """Drop every stored pair (the next :meth:`maybe_refresh` re-synthesises)."""
+        """Drop every stored pair (the next [maybe_refresh][dife.train.pseudo_pairs.PseudoPairCache.maybe_refresh] re-synthesises)."""
         self._entries.clear()
 
     def last_refresh(self, key: Hashable) -> int | None:

@@ -5,13 +5,13 @@ The folder has the layout of ``shared/data/faces``: images and an
 ``{"image": "dog_0001.jpg", "species": "dog", "keypoints": {"nose": [x, y], ...}}``
 (pixel coordinates, integer = pixel centre). For each sampled pair of images
 of two different species, the keypoints present in both records are carried
-from the source to the target with :func:`dife.transfer.transfer_keypoints`
+from the source to the target with [transfer_keypoints][dife.transfer.transfer_keypoints]
 and compared with the target's annotation. Distances are scaled to a 70 x 70
 image (``distance * 70 / target side``), the metric of the paper.
 
 Two scorings (``scoring``):
 
-* ``"dife"`` (default): :func:`dife.transfer.transfer_keypoints` -- the
+* ``"dife"`` (default): [transfer_keypoints][dife.transfer.transfer_keypoints] -- the
   descriptor sampled bilinearly at the source point, nearest neighbour by
   cosine similarity, every keypoint name both species share;
 * ``"authors"``: the authors' evaluation script
@@ -58,7 +58,7 @@ ANNOTATIONS_FILE = "annotations.json"
 #: Side of the reference image the errors are scaled to (the paper's 70 x 70).
 SCALE = 70.0
 
-#: Scorings of :func:`keypoint_transfer_error` (see the module docstring).
+#: Scorings of [keypoint_transfer_error][dife.train.validate.keypoint_transfer_error] (see the module docstring).
 SCORINGS = ("dife", "authors")
 
 #: Keypoints per image compared by the authors' scoring (their ``kp_src[:3]``).
@@ -202,9 +202,9 @@ def keypoint_transfer_error(
     scaled to a 70 x 70 image: ``d * 70 / max(W, H)`` of the target.
 
     Args:
-        model: A :class:`~dife.modeling.DIFE` (its train / eval mode is
+        model: A [DIFE][dife.modeling.DIFE] (its train / eval mode is
             restored afterwards), a model name or a folder.
-        folder: Labelled folder (``annotations.json``, see :func:`read_annotations`).
+        folder: Labelled folder (``annotations.json``, see [read_annotations][dife.train.validate.read_annotations]).
         pairs: Number of image pairs (>= 1).
         seed: Seed of the pair sampling.
         species: Species to pair (default: every species of the folder).
@@ -212,13 +212,13 @@ def keypoint_transfer_error(
         refine: Sub-pixel soft-argmax refinement of the matches.
         device: Where to run (default: the model's device).
         spatial_prior: Weight of the spatial prior of
-            :func:`~dife.transfer.transfer_keypoints`; 0 (default) measures
+            [transfer_keypoints][dife.transfer.transfer_keypoints]; 0 (default) measures
             the embedding alone, ``None`` uses the model's default.
         scoring: ``"dife"`` (default) or ``"authors"`` (module docstring;
             ``refine`` and ``spatial_prior`` do not apply to it).
 
     Returns:
-        A :class:`TransferError` (``overall`` and ``per_pair`` in 70-px units).
+        A [TransferError][dife.train.validate.TransferError] (``overall`` and ``per_pair`` in 70-px units).
 
     Raises:
         ModelNotFoundError: missing folder / annotations.
@@ -312,7 +312,7 @@ def _authors_transfer(
 
     Rounded source position on the input grid (``x * S / side``), raw dot
     product, arg-max, scaled back (``g * side / S``); crops follow the crop
-    rule of :func:`dife.embedding.prepare` (the whole image for square images).
+    rule of [prepare][dife.embedding.prepare] (the whole image for square images).
     """
     import torch
 

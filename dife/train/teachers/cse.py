@@ -29,12 +29,12 @@ Pipeline (detectron2 names in brackets; defaults are those of
 
 The output is the raw (not normalised) embedding in *box* coordinates: the
 112 x 112 grid spans the whole input image (pixel-centre convention of
-:mod:`dife.coords`, as detectron2's ``ROIAlign(aligned=True)`` + bilinear
-``align_corners=False`` resampling). :meth:`CSETeacher.resize_to` maps it to
+[dife.coords][dife.coords], as detectron2's ``ROIAlign(aligned=True)`` + bilinear
+``align_corners=False`` resampling). [CSETeacher.resize_to][dife.train.teachers.cse.CSETeacher.resize_to] maps it to
 any other grid, e.g. the student's 96 x 96.
 
 **ROIAlign.** torchvision is not a dependency, so the pooler is written with
-:func:`torch.nn.functional.grid_sample`: the ``(R * s)^2`` bilinear samples
+`torch.nn.functional.grid_sample`: the ``(R * s)^2`` bilinear samples
 of ``ROIAlignV2`` (``R`` the output size, ``s`` the sampling ratio) are taken
 with ``padding_mode="border"`` (detectron2 clamps samples in ``[-1, 0]`` to
 the border pixel), zeroed beyond one pixel outside the map, and averaged
@@ -50,7 +50,7 @@ normalisation.
 of ``{"model": {name: numpy array}, "__author__": "Detectron2 Model Zoo"}``
 and are read by a restricted unpickler that rebuilds only numpy arrays /
 scalars / dtypes and builtin containers (anything else raises
-:class:`~dife.errors.CheckpointError` before it can run). ``.pth`` files
+[CheckpointError][dife.errors.CheckpointError] before it can run). ``.pth`` files
 (``DetectionCheckpointer`` output, ``{"model": state_dict, ...}``) are read
 with ``torch.load(weights_only=True)``. The key names are detectron2's own
 (the module tree below reproduces them), so the mapping is the identity on
