@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from dife.errors import InputError, ModelNotFoundError, UnknownDomainError
+from dife.errors import InputError, ModelNotFoundError, ShapeError, UnknownDomainError
 
 __all__ = [
     "ANNOTATIONS_FILE",
@@ -50,6 +50,7 @@ __all__ = [
     "TransferError",
     "read_annotations",
     "keypoint_transfer_error",
+    "authors_transfer_keypoints",
 ]
 
 #: Name of the annotation file of a labelled folder.
@@ -281,7 +282,9 @@ def keypoint_transfer_error(
             pts = np.array([[r.keypoints[k] for k in kp] for r, _ in items], dtype=np.float64)  # (B, N, 2)
             gt = np.array([[t.keypoints[k] for k in kp] for _, t in items], dtype=np.float64)
             if scoring == "authors":
-                pred = _authors_transfer(net, [r.path for r, _ in items], [t.path for _, t in items], pts, device)
+                pred = authors_transfer_keypoints(
+                    net, [str(r.path) for r, _ in items], [str(t.path) for _, t in items], pts, device=device
+                )
             else:
                 pred = transfer_keypoints(
                     [str(r.path) for r, _ in items],
@@ -305,14 +308,29 @@ def keypoint_transfer_error(
     return TransferError(overall, per_pair, counts, pairs, tuple(chosen))
 
 
-def _authors_transfer(
-    model: Any, sources: list[Path], targets: list[Path], points: np.ndarray, device: Any
+def authors_transfer_keypoints(
+    model: Any, sources: Sequence[Any], targets: Sequence[Any], points: Any, *, device: Any = None
 ) -> np.ndarray:
-    """The authors' ``find_descriptor`` for (B, N, 2) source points: (B, N, 2) target points.
+    """Keypoint transfer scored as the authors' evaluation (``find_descriptor``), pair by pair.
 
-    Rounded source position on the input grid (``x * S / side``), raw dot
-    product, arg-max, scaled back (``g * side / S``); crops follow the crop
-    rule of [prepare][dife.embedding.prepare] (the whole image for square images).
+    The source point is scaled to the model's input grid (``x * S / side``
+    after the crop rule of [prepare][dife.embedding.prepare], no half-pixel
+    shift) and rounded to a pixel; its raw (not normalised) embedding is
+    compared with every target pixel by the dot product; the arg-max pixel is
+    scaled back (``g * side / S``). No sub-pixel refinement, no spatial prior.
+
+    Args:
+        model: A [DIFE][dife.modeling.dife.DIFE], a model name or a folder.
+        sources: B source images (anything [load_image][dife.images.load_image] reads).
+        targets: B target images.
+        points: (B, N, 2) ``(x, y)`` source pixels.
+        device: Where to run (default: the model's device).
+
+    Returns:
+        (B, N, 2) float64 target pixels.
+
+    Raises:
+        ShapeError: ``points`` not (B, N, 2) for B pairs.
     """
     import torch
 
@@ -320,17 +338,25 @@ def _authors_transfer(
     from dife.images import load_image
     from dife.transfer import _setup
 
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 3 or pts.shape[-1] != 2 or not (len(sources) == len(targets) == pts.shape[0]):
+        raise ShapeError(
+            f"points must be (B, N, 2) for B = {len(sources)} sources and {len(targets)} targets, got {pts.shape}"
+        )
     net, dev = _setup(model, device)
-    out = np.zeros_like(points)
+    out = np.zeros_like(pts)
     with torch.no_grad():
         for i, (src, tgt) in enumerate(zip(sources, targets, strict=True)):
             x, transforms = prepare(
-                [load_image(str(src), what="source"), load_image(str(tgt), what="target")], None, net.config, device=dev
+                [load_image(src, what=f"sources[{i}]"), load_image(tgt, what=f"targets[{i}]")],
+                None,
+                net.config,
+                device=dev,
             )
             feats = net(x.to(dev, next(net.parameters()).dtype)).float()  # (2, C, S, S), not normalised
             c, size = int(feats.shape[1]), int(feats.shape[-1])
             ts, tt = transforms
-            g = (points[i] - np.array([ts.left, ts.top])) * (size / ts.side)
+            g = (pts[i] - np.array([ts.left, ts.top])) * (size / ts.side)
             g = np.clip(np.round(g), 0, size - 1).astype(np.int64)  # (N, 2) x, y
             query = feats[0][:, torch.as_tensor(g[:, 1]), torch.as_tensor(g[:, 0])].t()  # (N, C)
             best = (query @ feats[1].reshape(c, -1)).argmax(dim=1).cpu().numpy()  # (N,)

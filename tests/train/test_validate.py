@@ -158,3 +158,28 @@ def test_authors_scoring_rounds_uses_raw_dot_products_and_three_keypoints(tmp_pa
     assert keypoint_transfer_error(bright, folder, pairs=2, seed=0).to_dict() == ours.to_dict()
     with pytest.raises(InputError, match="scoring"):
         keypoint_transfer_error(ident, folder, pairs=2, scoring="paper")
+
+
+def test_authors_transfer_keypoints_and_the_eval_method(tmp_path: Path, tiny_config) -> None:
+    """The same scoring from Python and through `dife eval`'s DIFEMethod (non-square images: the crop rule)."""
+    from dife.errors import ShapeError
+    from dife.eval.methods import DIFEMethod
+    from dife.train.validate import authors_transfer_keypoints
+
+    ident = _position_code_model(tiny_config, bright=False)
+    rng = np.random.default_rng(1)
+    src = rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)  # centred square crop: x 50..250
+    tgt = rng.integers(0, 255, (120, 120, 3), dtype=np.uint8)
+    pts = np.array([[60.3, 20.0], [149.6, 100.2], [249.0, 199.0]])
+    # identity codes: the rounded grid pixel of the source, mapped into the target's crop
+    g = np.clip(np.round((pts - [50.0, 0.0]) * 96 / 200), 0, 95)  # the last point rounds to 96: clamped
+    expected = g * 120 / 96
+    got = authors_transfer_keypoints(ident, [src], [tgt], pts[None])
+    np.testing.assert_allclose(got[0], expected)
+    method = DIFEMethod(ident, scoring="authors", name="ident")
+    np.testing.assert_allclose(method.transfer(src, tgt, pts), expected)
+    assert method.describe()["scoring"] == "authors" and "scoring" not in DIFEMethod(ident).describe()
+    with pytest.raises(ShapeError, match=r"\(B, N, 2\)"):
+        authors_transfer_keypoints(ident, [src], [tgt], pts)
+    with pytest.raises(InputError, match="scoring"):
+        DIFEMethod(ident, scoring="paper")
