@@ -3,27 +3,30 @@
 >>> out = train("paper_human_dog", **{"species.human.generator.checkpoint": "ffhq.pt"})  # doctest: +SKIP
 >>> model = DIFE.from_pretrained(out)  # doctest: +SKIP
 
-Each step (:meth:`Trainer.train_step`):
+Each step ([Trainer.train_step][dife.train.trainer.Trainer.train_step]):
 
-1. **Batch**: ``batch_size`` images of every species, from its generator
+1. **Batch**: ``batch_size`` images of every species (``batch_mode: total``:
+   the authors' split of ``batch_size`` images in all, see
+   [species_batch][dife.train.trainer.Trainer.species_batch]), from its generator
    teacher (StyleGAN2, truncation psi, with the feature map of ``layer``, the
    ``L_K2`` target) or from its real photos
-   (:class:`~dife.train.data.RealFaceFolder`), at ``dense_teacher.image_size``.
+   ([RealFaceFolder][dife.train.data.RealFaceFolder]), at ``dense_teacher.image_size``.
 2. **Dense teacher** (CSE or a timm stage) on the clean images (no grad):
    the ``L_K1`` targets.
-3. **Views** (:func:`~dife.train.data.pair_batch`): a random warp (affine, and
+3. **Views** ([pair_batch][dife.train.data.pair_batch]): a random warp (affine, and
    TPS when ``augment.tps > 0``) applied jointly to each image (resized to
    ``model.input_size``) and to its teacher maps, plus colour jitter of the
    student input; a second warp of every image with the dense
    correspondence between the two views; a cross-species auxiliary sample.
-4. **Losses** (:mod:`dife.train.losses`), weighted by ``loss.*``:
+4. **Losses** ([dife.train.losses][dife.train.losses]), weighted by ``loss.*``:
 
    * ``k1``: dense-teacher map vs ``Φ(x)`` (through a learnt 1x1 projection
      when the teacher does not have ``model.embed_dim`` channels, e.g. timm);
    * ``k2``: generator features vs ``Ψ^d(Φ(x))``, synthetic images only;
    * after ``warmup_steps``, ``m1`` / ``m2``: pseudo pairs
-     (:func:`~dife.train.pseudo_pairs.synthesize_pseudo_pairs`, refreshed every
-     ``pseudo_pairs.every`` steps) matched with their source image -- same
+     ([synthesize_pseudo_pairs][dife.train.pseudo_pairs.synthesize_pseudo_pairs], refreshed every
+     ``pseudo_pairs.every`` steps, each refresh health-checked and logged,
+     ``train/pairs_*``) matched with their source image -- same
      species in ``m1``, other species in ``m2`` -- with the identity
      correspondence under the two views' warps (the pair has the source's
      pose); for real photos, ``m1`` also matches the two warps of each photo
@@ -31,7 +34,7 @@ Each step (:meth:`Trainer.train_step`):
 5. Adam step (optional gradient clipping).
 
 Every ``validation.every`` steps the cross-species keypoint-transfer error
-(:func:`~dife.train.validate.keypoint_transfer_error`) drives
+([keypoint_transfer_error][dife.train.validate.keypoint_transfer_error]) drives
 ReduceLROnPlateau, the best checkpoint and early stopping.
 
 Output folder (``output_dir``)::
@@ -44,7 +47,7 @@ Output folder (``output_dir``)::
     tb/                                         TensorBoard scalars
 
 Multi-GPU / multi-process: launch with ``torchrun --nproc_per_node=N -m
-dife.cli train CONFIG`` (:mod:`dife.train.distributed`); every process draws
+dife.cli train CONFIG`` (``dife.train.distributed``); every process draws
 its own batches (``batch_size`` is per process) and rank 0 logs and writes.
 
 Precision: ``precision: bf16`` autocasts the student on CUDA (teachers and
