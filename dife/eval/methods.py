@@ -181,17 +181,22 @@ class IdentityMethod(BaseMethod):
 
 
 class DIFEMethod(BaseMethod):
-    """A DIFE model, matched with :func:`dife.transfer.transfer_keypoints`.
+    """A DIFE model, matched with [transfer_keypoints][dife.transfer.transfer_keypoints].
 
     Args:
-        model: A :class:`~dife.modeling.DIFE`, or a name / folder / hub id.
+        model: A [DIFE][dife.modeling.DIFE], or a name / folder / hub id.
         name: Label in reports (default: the model name, or ``"dife"``).
         device: Torch device (default: the model's).
         batch_size: Pairs per batch.
         refine: Sub-pixel soft-argmax refinement.
         spatial_prior: Weight of the spatial prior of
-            :func:`~dife.transfer.transfer_keypoints` (``None``: the model's
+            [transfer_keypoints][dife.transfer.transfer_keypoints] (``None``: the model's
             default, ``0``: appearance only).
+        scoring: ``"dife"`` (default, [transfer_keypoints][dife.transfer.transfer_keypoints])
+            or ``"authors"``: the DIFE authors' evaluation,
+            [authors_transfer_keypoints][dife.train.validate.authors_transfer_keypoints] (rounded
+            source position, raw dot product; ``refine`` and
+            ``spatial_prior`` do not apply).
     """
 
     def __init__(
@@ -203,6 +208,7 @@ class DIFEMethod(BaseMethod):
         batch_size: int = 32,
         refine: bool = True,
         spatial_prior: float | None = None,
+        scoring: str = "dife",
     ) -> None:
         from dife.defaults import resolve_model
 
@@ -212,6 +218,9 @@ class DIFEMethod(BaseMethod):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
         self.batch_size = batch_size
+        if scoring not in ("dife", "authors"):
+            raise InputError(f"scoring must be 'dife' or 'authors', got {scoring!r}")
+        self.scoring = scoring
         self.refine = bool(refine)
         self.spatial_prior = (
             float(self.model.config.spatial_prior)
@@ -233,6 +242,19 @@ class DIFEMethod(BaseMethod):
                 continue
             for s in range(0, len(idx), self.batch_size):
                 chunk = idx[s : s + self.batch_size]
+                if self.scoring == "authors":
+                    from dife.train.validate import authors_transfer_keypoints
+
+                    res = authors_transfer_keypoints(
+                        self.model,
+                        [srcs[i] for i in chunk],
+                        [tgts[i] for i in chunk],
+                        np.stack([pts[i] for i in chunk]),
+                        device=self.device,
+                    )
+                    for k, i in enumerate(chunk):
+                        out[i] = np.asarray(res[k], dtype=np.float64)
+                    continue
                 res = transfer_keypoints(
                     [srcs[i] for i in chunk],
                     [tgts[i] for i in chunk],
@@ -255,6 +277,7 @@ class DIFEMethod(BaseMethod):
             "domains": list(self.model.domains),
             "input_size": c.input_size,
             "spatial_prior": self.spatial_prior,
+            **({"scoring": self.scoring} if self.scoring != "dife" else {}),
         }
 
 

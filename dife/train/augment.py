@@ -784,6 +784,7 @@ def color_jitter(
     hue: float = 0.0,
     grayscale_p: float = 0.0,
     generator: torch.Generator | None = None,
+    p: float = 1.0,
 ) -> torch.Tensor:
     """Per-sample random colour changes of RGB images in ``[-1, 1]``.
 
@@ -797,7 +798,11 @@ def color_jitter(
     5. grayscale with probability ``grayscale_p``.
 
     Grey is the BT.601 luma. A zero strength skips its step, so all-zero
-    strengths return the input unchanged.
+    strengths return the input unchanged. With ``p < 1`` each sample is
+    changed with probability ``p`` and otherwise returned as it is (the
+    authors' ``RandomApply(ColorJitter(brightness=0.1, hue=0.1), p=0.7)`` is
+    ``brightness=0.1, hue=0.1, contrast=0, saturation=0, p=0.7``, drawn per
+    sample here); ``p = 1`` draws no extra random numbers.
 
     Args:
         images: (B, 3, H, W) float RGB in [-1, 1].
@@ -807,6 +812,7 @@ def color_jitter(
         hue: Largest hue rotation, as a fraction of a full turn (0 .. 0.5).
         grayscale_p: Probability of turning a sample grey (0 .. 1).
         generator: Source of randomness.
+        p: Probability that a sample is jittered at all (0 .. 1).
 
     Returns:
         (B, 3, H, W) tensor in [-1, 1], dtype and device of ``images``.
@@ -824,9 +830,22 @@ def color_jitter(
     sa = _number(saturation, "saturation")
     hu = _number(hue, "hue", 0.0, 0.5)
     gp = _number(grayscale_p, "grayscale_p", 0.0, 1.0)
+    prob = _number(p, "p", 0.0, 1.0)
     generator = _check_generator(generator)
     b = images.shape[0]
     dev, dt = images.device, images.dtype
+    if prob < 1.0 and not br == co == sa == hu == gp == 0.0:
+        keep = _uniform((b,), 0.0, 1.0, generator, dev) >= prob
+        jittered = color_jitter(
+            images,
+            brightness=br,
+            contrast=co,
+            saturation=sa,
+            hue=hu,
+            grayscale_p=gp,
+            generator=generator,
+        )
+        return torch.where(keep.view(b, 1, 1, 1), images, jittered)
 
     def factor(strength: float) -> torch.Tensor:
         return _uniform((b,), max(0.0, 1.0 - strength), 1.0 + strength, generator, dev).to(dt).view(b, 1, 1, 1)

@@ -1,14 +1,15 @@
 """Configuration of a DIFE training run: a tree of dataclasses, YAML files, dotted overrides.
 
-A run is described by one :class:`TrainConfig`. It is read from YAML
-(:func:`load_config`), changed with ``key.sub=value`` overrides
-(:func:`apply_overrides`, the ``dife train CONFIG key=value ...`` syntax),
-checked (:meth:`TrainConfig.validate`) and written back, resolved, as
-``train_config.yaml`` in the output folder (:func:`save_config`). Loading the
+A run is described by one [TrainConfig][dife.train.config.TrainConfig]. It is read from YAML
+([load_config][dife.train.config.load_config]), changed with ``key.sub=value`` overrides
+([apply_overrides][dife.train.config.apply_overrides], the ``dife train CONFIG key=value ...`` syntax),
+checked ([TrainConfig.validate][dife.train.config.TrainConfig.validate]) and written back, resolved, as
+``train_config.yaml`` in the output folder ([save_config][dife.train.config.save_config]). Loading the
 written file gives the same config again (YAML -> dataclass -> YAML is the
-identity for files written by :func:`save_config`).
+identity for files written by [save_config][dife.train.config.save_config]).
 
-Layout (every key is optional; defaults are the paper's settings)::
+Layout (every key is optional; the shipped ``paper_*`` configs set the paper's
+and the authors' values where the defaults differ, see the training guide)::
 
     output_dir: runs/human_dog
     steps: 100000            # optimiser steps
@@ -31,7 +32,7 @@ Overrides name a key by its dotted path (``optim.lr=3e-4``,
 parsed as YAML, then coerced to the field's type (``"1e-3"`` is a float for
 a float field; strings stay strings for string fields; ``null`` clears an
 optional field). Unknown keys, values of the wrong type and unknown species
-raise :class:`~dife.errors.InputError` (:class:`~dife.errors.UnknownDomainError`
+raise [InputError][dife.errors.InputError] ([UnknownDomainError][dife.errors.UnknownDomainError]
 for species) naming the key.
 
 Relative paths in a config are relative to the current working directory.
@@ -254,8 +255,26 @@ class LossConfig:
         match_size: Side of the grid the photo matching losses (``warp_matching``,
             ``dve``) run on: the embeddings are average-pooled to it (and the
             correspondence grid with them). ``None`` uses the full input grid
-            (the paper's setting, 96x96: 9,216² similarities per pair); 32 or
-            48 makes CPU training practical.
+            (96x96: 9,216² similarities per pair); 32 or 48 makes CPU
+            training practical.
+        pair_match_stride: The pseudo-pair matching losses run on the
+            embeddings average-pooled by this factor (1 = the full input
+            grid; 2 = the authors' 48x48 for 96 px inputs).
+        match_reduction: ``"mean"``: matching distances divided by the map
+            side and averaged over the pixels; ``"sum"``: eq. 5, distances in
+            pixels of the matching grid summed over the pixels of each pair
+            ([matching_loss][dife.train.losses.matching_loss]).
+        distill_reduction: ``"mean"``: ``L_K1`` / ``L_K2`` averaged over the
+            pixels; ``"sum"``: summed over the ``input_size x input_size``
+            pixels of the student's grid (the mean times ``input_size²``), as
+            the paper's ``Σ``.
+        domain_reduction: ``"mean"``: ``L_K1``, ``L_K2`` and each matching
+            term averaged over the species (``L_K1``: over all images) and
+            pseudo-pair keys; ``"sum"``: summed over them, as the paper's
+            ``Σ_d``.
+        stop_grad_source: Pseudo pairs: no gradient through the source
+            image's embedding, only through its partner's (the authors
+            compute the source side under ``torch.no_grad``).
     """
 
     k1: float = 1e-2
@@ -267,6 +286,11 @@ class LossConfig:
     warp_matching: bool = True
     dve: bool = True
     match_size: int | None = None
+    pair_match_stride: int = 1
+    match_reduction: Literal["mean", "sum"] = "mean"
+    distill_reduction: Literal["mean", "sum"] = "mean"
+    domain_reduction: Literal["mean", "sum"] = "mean"
+    stop_grad_source: bool = False
 
     def weights(self) -> dict[str, float]:
         """``{"k1": ..., "k2": ..., "m1": ..., "m2": ...}`` for :func:`dife.train.losses.total_loss`."""
@@ -282,7 +306,8 @@ class OptimConfig:
         betas: Adam betas.
         weight_decay: L2 penalty.
         grad_clip: Largest total gradient norm (0 = no clipping).
-        plateau_factor: LR multiplier when the validation error stalls.
+        plateau_factor: LR multiplier when the validation error stalls
+            (the authors: 0.1, PyTorch's default).
         plateau_patience: Validations without improvement before the LR drops.
         min_lr: Lowest learning rate.
     """
@@ -308,7 +333,9 @@ class AugmentConfig:
         tps: Largest thin-plate-spline offset (fraction of the side; 0 = affine warps only).
         tps_points: Control points per side of the TPS lattice.
         brightness, contrast, saturation, hue, grayscale: Colour jitter
-            strengths (:func:`dife.train.augment.color_jitter`), student input only.
+            strengths ([color_jitter][dife.train.augment.color_jitter]), student input only.
+        jitter_p: Probability that a view is colour-jittered at all (the
+            authors: 0.7, with brightness 0.1 and hue 0.1 only).
     """
 
     rotation: float = 15.0
@@ -322,6 +349,7 @@ class AugmentConfig:
     saturation: float = 0.2
     hue: float = 0.02
     grayscale: float = 0.0
+    jitter_p: float = 1.0
 
 
 @dataclass
@@ -336,9 +364,25 @@ class PseudoPairConfig:
         steps: Adam steps of the latent optimisation.
         lr: Adam learning rate of the latents.
         lam: Weight of the prior ``||w - w̄||``.
+        prior: ``"l2"`` (``λ ||w - w̄||_2``, eq. 3) or ``"squared"``.
+        data_term: ``"l2"`` (``||F - T||_2`` over the whole map, eq. 3) or
+            ``"pixel_mean"`` (the per-pixel norm averaged over the pixels).
+        start: ``"sample"``: each search starts from a random latent of the
+            target generator truncated towards ``w̄`` (the authors');
+            ``"mean"``: from ``w̄``.
+        start_truncation: Truncation psi of the sampled starts; ``None``: the
+            target generator's ``truncation``.
         w_space: ``"w"`` (the paper) or ``"w+"``.
         intra: Use same-species pairs (``L_M1``).
         inter: Use cross-species pairs (``L_M2``).
+        check: Health check of every refresh: items whose search did not move
+            are searched again from new starts (``retries``), then training
+            stops with [PseudoPairError][dife.train.pseudo_pairs.PseudoPairError]
+            (``on_failure: raise``) or logs a warning (``warn``).
+        retries: New starts for stuck items.
+        min_loss_drop: Smallest relative drop of the objective that counts as moving.
+        min_image_change: Smallest mean absolute image change (in [-1, 1]) that counts as moving.
+        on_failure: ``"raise"`` or ``"warn"``.
     """
 
     enabled: bool = True
@@ -348,9 +392,18 @@ class PseudoPairConfig:
     steps: int = 100
     lr: float = 0.05
     lam: float = 1.0
+    prior: Literal["l2", "squared"] = "l2"
+    data_term: Literal["l2", "pixel_mean"] = "l2"
+    start: Literal["sample", "mean"] = "sample"
+    start_truncation: float | None = None
     w_space: Literal["w", "w+"] = "w"
     intra: bool = True
     inter: bool = True
+    check: bool = True
+    retries: int = 2
+    min_loss_drop: float = 1e-3
+    min_image_change: float = 1e-3
+    on_failure: Literal["raise", "warn"] = "raise"
 
 
 @dataclass
@@ -368,6 +421,10 @@ class ValidationConfig:
             improvement (0 = never stop early).
         min_delta: Smallest decrease of the error that counts as an improvement.
         batch_size: Images per forward pass.
+        scoring: ``"dife"`` (cosine nearest neighbour of the bilinearly
+            sampled descriptor, every shared keypoint) or ``"authors"`` (the
+            authors' evaluation: rounded source position, raw dot product,
+            first three keypoints); see [dife.train.validate][dife.train.validate].
     """
 
     folder: str = ""
@@ -378,6 +435,7 @@ class ValidationConfig:
     patience: int = 0
     min_delta: float = 0.0
     batch_size: int = 32
+    scoring: Literal["dife", "authors"] = "dife"
 
 
 @dataclass
@@ -412,7 +470,13 @@ class TrainConfig:
         deterministic: Deterministic cuDNN (bitwise reproducibility is guaranteed on the CPU only).
         steps: Total optimiser steps.
         warmup_steps: Steps of ``L_K1 + L_K2`` only before the matching losses start.
-        batch_size: Images per species per step (per process).
+        batch_size: Images per species per step (per process), or in all with
+            ``batch_mode: total``.
+        batch_mode: ``"per_species"``: ``batch_size`` images of every
+            species; ``"total"``: the authors' split of ``batch_size`` images
+            in all -- ``batch_size // D`` per species (``D`` species) before
+            the pseudo pairs start, then ``max(1, batch_size // (D (D + 1)) - 1)``
+            per species and as many pseudo pairs per (source, target) key.
         checkpoint_every: Steps between ``last/`` checkpoints (and at the end).
         species: ``{name: SpeciesConfig}``, in converter order.
         model, dense_teacher, loss, optim, augment, pseudo_pairs, validation, log: Sections.
@@ -427,6 +491,7 @@ class TrainConfig:
     steps: int = 100_000
     warmup_steps: int = 5_000
     batch_size: int = 12
+    batch_mode: Literal["per_species", "total"] = "per_species"
     checkpoint_every: int = 1_000
     species: dict[str, SpeciesConfig] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -1070,6 +1135,11 @@ def _validate(cfg: TrainConfig, *, check_paths: bool, check_teachers: bool) -> N
     for key in ("k1", "k2", "m1", "m2"):
         _positive(getattr(lw, key), f"loss.{key}", allow_zero=True)
     _positive(lw.temperature, "loss.temperature")
+    if lw.pair_match_stride < 1 or cfg.model.input_size % lw.pair_match_stride:
+        raise InputError(
+            f"config key 'loss.pair_match_stride' must be >= 1 and divide model.input_size "
+            f"({cfg.model.input_size}), got {lw.pair_match_stride}"
+        )
     if lw.match_size is not None:
         size = cfg.model.input_size
         if lw.match_size < 2 or lw.match_size > size or size % lw.match_size:
@@ -1104,6 +1174,8 @@ def _validate(cfg: TrainConfig, *, check_paths: bool, check_teachers: bool) -> N
         raise InputError(f"config key 'augment.hue' must be in [0, 0.5], got {a.hue}")
     if not 0.0 <= a.grayscale <= 1.0:
         raise InputError(f"config key 'augment.grayscale' must be in [0, 1], got {a.grayscale}")
+    if not 0.0 <= a.jitter_p <= 1.0:
+        raise InputError(f"config key 'augment.jitter_p' must be in [0, 1], got {a.jitter_p}")
 
     # ---- pseudo pairs
     p = cfg.pseudo_pairs
@@ -1112,6 +1184,11 @@ def _validate(cfg: TrainConfig, *, check_paths: bool, check_teachers: bool) -> N
     _positive(p.steps, "pseudo_pairs.steps", allow_zero=True)
     _positive(p.lr, "pseudo_pairs.lr")
     _positive(p.lam, "pseudo_pairs.lam", allow_zero=True)
+    if p.start_truncation is not None and not 0.0 <= p.start_truncation <= 1.0:
+        raise InputError(f"config key 'pseudo_pairs.start_truncation' must be in [0, 1], got {p.start_truncation}")
+    _positive(p.retries, "pseudo_pairs.retries", allow_zero=True)
+    _positive(p.min_loss_drop, "pseudo_pairs.min_loss_drop", allow_zero=True)
+    _positive(p.min_image_change, "pseudo_pairs.min_image_change", allow_zero=True)
     if p.per_step > p.batch_size:
         raise InputError(
             f"pseudo_pairs.per_step ({p.per_step}) cannot exceed pseudo_pairs.batch_size ({p.batch_size}), "

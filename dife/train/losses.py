@@ -3,28 +3,31 @@
 Pure functions on batched tensors, no module state. Every loss returns a
 0-d tensor that is differentiable with respect to its floating-point inputs.
 
-* :func:`distillation_loss` -- ``L_K1`` (student embedding vs. the frozen CSE
+* [distillation_loss][dife.train.losses.distillation_loss] -- ``L_K1`` (student embedding vs. the frozen CSE
   embedding) and ``L_K2`` (domain converter output vs. the StyleGAN2 feature
   map): the per-pixel Euclidean distance, averaged over pixels.
-* :func:`matching_loss` -- the semantic matching loss of the paper (eq. 4-5,
+* [matching_loss][dife.train.losses.matching_loss] -- the semantic matching loss of the paper (eq. 4-5,
   ``L_M1`` / ``L_M2``): the similarity-weighted mean location of each pixel
   in the other image must land on its known correspondence.
-* :func:`dve_exchange_loss` -- the descriptor vector exchange of Thewlis et
+* [dve_exchange_loss][dife.train.losses.dve_exchange_loss] -- the descriptor vector exchange of Thewlis et
   al. (ICCV 2019): descriptors of the first image are first re-expressed
   through an auxiliary image, then matched into the second.
-* :func:`total_loss` -- the weighted sum
+* [total_loss][dife.train.losses.total_loss] -- the weighted sum
   ``L = 1e-2 L_K1 + 1 L_K2 + 1e-2 L_M1 + 1e-2 L_M2`` with a log dict.
 
-Coordinates follow :mod:`dife.coords`: ``(x, y)`` grid coordinates where an
-integer is the centre of that pixel of the map. Matching distances are
-divided by the side of the target map (``max(H, W)``), so a loss of ``0.1``
-means "off by a tenth of the map" whatever the resolution.
+Coordinates follow [dife.coords][dife.coords]: ``(x, y)`` grid coordinates where an
+integer is the centre of that pixel of the map. With ``reduction="mean"``
+(default) matching distances are divided by the side of the target map
+(``max(H, W)``) and averaged over the pixels, so a loss of ``0.1`` means "off
+by a tenth of the map" whatever the resolution; ``reduction="sum"`` is eq. 5
+as written: the distances in pixels of the target map, summed over the
+pixels of each pair (then averaged over the pairs of the batch).
 
 Memory: the matching losses compare every pixel of one map with every pixel
 of the other (a 96 x 96 pair is 9,216 x 9,216 = 85 M similarities, 340 MB in
 float32, and autograd would keep the softmax as well). They work on chunks of
 query pixels and, when gradients are needed, recompute each chunk in the
-backward pass (:func:`torch.utils.checkpoint.checkpoint`), so at most one
+backward pass (`torch.utils.checkpoint.checkpoint`), so at most one
 chunk of similarities exists at a time. The value and the gradients do not
 depend on ``chunk_size`` (up to float32 summation order).
 """
@@ -59,6 +62,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {"k1": 1e-2, "k2": 1.0, "m1": 1e-2, "m2": 1e
 CHUNK_ELEMENTS: int = 2**24
 
 Normalize = Literal["softmax", "cosine"]
+Reduction = Literal["mean", "sum"]
 
 
 # ------------------------------------------------------------------ validation
@@ -224,6 +228,12 @@ def _chunk(chunk_size: int | None, batch: int, keys: int) -> int:
     return chunk_size
 
 
+def _check_reduction(reduction: object) -> str:
+    if reduction not in ("mean", "sum"):
+        raise InputError(f"reduction must be 'mean' or 'sum' (eq. 5), got {reduction!r}")
+    return str(reduction)
+
+
 def _check_options(temperature: float, normalize: str) -> float:
     if normalize not in ("softmax", "cosine"):
         raise InputError(f"normalize must be 'softmax' or 'cosine', got {normalize!r}")
@@ -304,17 +314,21 @@ def matching_loss(
     temperature: float = 0.02,
     normalize: Normalize = "softmax",
     chunk_size: int | None = None,
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     """Semantic matching loss (paper eq. 4-5, ``L_M1`` / ``L_M2``).
 
     For each pixel ``u_i`` of ``e1`` the similarity-weighted mean location
-    ``p_i`` in ``e2`` (:func:`soft_locations`) should land on the known
+    ``p_i`` in ``e2`` ([soft_locations][dife.train.losses.soft_locations]) should land on the known
     correspondence ``t_i``:
 
-    ``loss = mean_i ||p_i - t_i||_2 / max(H2, W2)``
-
-    i.e. the distance in ``e2`` pixels divided by the side of ``e2``, so the
-    value does not depend on the map resolution.
+    * ``reduction="mean"`` (default): ``mean_i ||p_i - t_i||_2 / max(H2, W2)``,
+      the distance in ``e2`` pixels divided by the side of ``e2`` and averaged
+      over the (valid) pixels of the batch, so the value does not depend on
+      the map resolution;
+    * ``reduction="sum"``: ``mean_b sum_i ||p_i - t_i||_2``, eq. 5 as
+      written: distances in ``e2`` pixels summed over the (valid, weighted)
+      pixels of each pair, then averaged over the pairs.
 
     Args:
         e1: (B, C, H, W) embedding of the first image.
@@ -331,10 +345,11 @@ def matching_loss(
             Eq. 5 as printed uses the raw cosine similarity; we follow DVE
             and use a softmax with temperature (``normalize="softmax"``);
             ``normalize="cosine"`` gives the printed form (see
-            :func:`soft_locations`).
+            [soft_locations][dife.train.losses.soft_locations]).
         normalize: ``"softmax"`` or ``"cosine"``.
-        chunk_size: Pixels of ``e1`` per chunk (see :func:`soft_locations`);
+        chunk_size: Pixels of ``e1`` per chunk (see [soft_locations][dife.train.losses.soft_locations]);
             it changes neither the value nor the gradients.
+        reduction: ``"mean"`` or ``"sum"`` (see above).
 
     Returns:
         0-d tensor >= 0 (0 when no pixel is valid).
@@ -347,7 +362,7 @@ def matching_loss(
     _check_map(e2, "e2")
     _check_pair(e1, e2, "e1", "e2")
     scale = _check_options(temperature, normalize)
-    return _matching_loss(e1, e2, grid1_to_2, valid, scale, normalize, chunk_size)
+    return _matching_loss(e1, e2, grid1_to_2, valid, scale, normalize, chunk_size, _check_reduction(reduction))
 
 
 def _matching_loss(
@@ -358,12 +373,13 @@ def _matching_loss(
     scale: float,
     normalize: str,
     chunk_size: int | None,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     b, _, h, w = e1.shape
     h2, w2 = int(e2.shape[-2]), int(e2.shape[-1])
     target = _target_grid(grid1_to_2, (b, h, w), (h2, w2), e1)
     p = _soft_locations(e1, e2, scale, normalize, chunk_size)
-    dist = torch.linalg.vector_norm(p - target, dim=-1) / float(max(h2, w2))  # (B, H, W)
+    dist = torch.linalg.vector_norm(p - target, dim=-1)  # (B, H, W), e2 pixels
     inside = (
         (target[..., 0] >= -0.5)
         & (target[..., 0] <= w2 - 0.5)
@@ -371,7 +387,9 @@ def _matching_loss(
         & (target[..., 1] <= h2 - 0.5)
     ).to(dist.dtype)
     weights = inside if valid is None else inside * _mask(valid, (b, h, w), "valid", dist)
-    return _masked_mean(dist, weights)
+    if reduction == "sum":
+        return (dist * weights).flatten(1).sum(dim=1).mean()
+    return _masked_mean(dist / float(max(h2, w2)), weights)
 
 
 def _target_grid(
@@ -450,14 +468,15 @@ def dve_exchange_loss(
     exchange_temperature: float | None = None,
     normalize: Normalize = "softmax",
     chunk_size: int | None = None,
+    reduction: Reduction = "mean",
 ) -> torch.Tensor:
     """Descriptor vector exchange loss (Thewlis, Bilen, Vedaldi, ICCV 2019).
 
     ``e1`` and ``e2`` are two warps of the same image with the known
     correspondence ``grid1_to_2``; ``e3`` is an auxiliary image (another
     instance). The descriptors of ``e1`` are replaced by their soft
-    reconstruction from ``e3`` (:func:`exchange_descriptors`) and the result
-    is matched into ``e2`` with :func:`matching_loss`. The loss is small only
+    reconstruction from ``e3`` ([exchange_descriptors][dife.train.losses.exchange_descriptors]) and the result
+    is matched into ``e2`` with [matching_loss][dife.train.losses.matching_loss]. The loss is small only
     when corresponding parts of *different* instances have similar
     descriptors, which discourages instance-specific embeddings.
 
@@ -465,13 +484,14 @@ def dve_exchange_loss(
         e1: (B, C, H, W) embedding of the first warp.
         e2: (B, C, H2, W2) embedding of the second warp.
         e3: (B, C, H3, W3) embedding of the auxiliary image.
-        grid1_to_2: (B, H, W, 2) targets in ``e2`` (see :func:`matching_loss`).
+        grid1_to_2: (B, H, W, 2) targets in ``e2`` (see [matching_loss][dife.train.losses.matching_loss]).
         valid: Optional (B, H, W) / (B, 1, H, W) weights of ``e1``'s pixels.
         temperature: Temperature of the matching step.
         exchange_temperature: Temperature of the reconstruction from ``e3``
             (defaults to ``temperature``).
-        normalize: Weighting of the matching step (see :func:`soft_locations`).
+        normalize: Weighting of the matching step (see [soft_locations][dife.train.losses.soft_locations]).
         chunk_size: Pixels per chunk in both steps.
+        reduction: Reduction of the matching step (see [matching_loss][dife.train.losses.matching_loss]).
 
     Returns:
         0-d tensor >= 0.
@@ -486,8 +506,9 @@ def dve_exchange_loss(
     _check_pair(e1, e3, "e1", "e3")
     scale = _check_options(temperature, normalize)
     scale_ex = _check_options(temperature if exchange_temperature is None else exchange_temperature, "softmax")
+    red = _check_reduction(reduction)
     e1_hat = _exchange(e1, e3, scale_ex, chunk_size)
-    return _matching_loss(e1_hat, e2, grid1_to_2, valid, scale, normalize, chunk_size)
+    return _matching_loss(e1_hat, e2, grid1_to_2, valid, scale, normalize, chunk_size, red)
 
 
 # ---------------------------------------------------------------------- total

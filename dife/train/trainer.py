@@ -3,27 +3,30 @@
 >>> out = train("paper_human_dog", **{"species.human.generator.checkpoint": "ffhq.pt"})  # doctest: +SKIP
 >>> model = DIFE.from_pretrained(out)  # doctest: +SKIP
 
-Each step (:meth:`Trainer.train_step`):
+Each step ([Trainer.train_step][dife.train.trainer.Trainer.train_step]):
 
-1. **Batch**: ``batch_size`` images of every species, from its generator
+1. **Batch**: ``batch_size`` images of every species (``batch_mode: total``:
+   the authors' split of ``batch_size`` images in all, see
+   [species_batch][dife.train.trainer.Trainer.species_batch]), from its generator
    teacher (StyleGAN2, truncation psi, with the feature map of ``layer``, the
    ``L_K2`` target) or from its real photos
-   (:class:`~dife.train.data.RealFaceFolder`), at ``dense_teacher.image_size``.
+   ([RealFaceFolder][dife.train.data.RealFaceFolder]), at ``dense_teacher.image_size``.
 2. **Dense teacher** (CSE or a timm stage) on the clean images (no grad):
    the ``L_K1`` targets.
-3. **Views** (:func:`~dife.train.data.pair_batch`): a random warp (affine, and
+3. **Views** ([pair_batch][dife.train.data.pair_batch]): a random warp (affine, and
    TPS when ``augment.tps > 0``) applied jointly to each image (resized to
    ``model.input_size``) and to its teacher maps, plus colour jitter of the
    student input; a second warp of every image with the dense
    correspondence between the two views; a cross-species auxiliary sample.
-4. **Losses** (:mod:`dife.train.losses`), weighted by ``loss.*``:
+4. **Losses** ([dife.train.losses][dife.train.losses]), weighted by ``loss.*``:
 
    * ``k1``: dense-teacher map vs ``Φ(x)`` (through a learnt 1x1 projection
      when the teacher does not have ``model.embed_dim`` channels, e.g. timm);
    * ``k2``: generator features vs ``Ψ^d(Φ(x))``, synthetic images only;
    * after ``warmup_steps``, ``m1`` / ``m2``: pseudo pairs
-     (:func:`~dife.train.pseudo_pairs.synthesize_pseudo_pairs`, refreshed every
-     ``pseudo_pairs.every`` steps) matched with their source image -- same
+     ([synthesize_pseudo_pairs][dife.train.pseudo_pairs.synthesize_pseudo_pairs], refreshed every
+     ``pseudo_pairs.every`` steps, each refresh health-checked and logged,
+     ``train/pairs_*``) matched with their source image -- same
      species in ``m1``, other species in ``m2`` -- with the identity
      correspondence under the two views' warps (the pair has the source's
      pose); for real photos, ``m1`` also matches the two warps of each photo
@@ -31,7 +34,7 @@ Each step (:meth:`Trainer.train_step`):
 5. Adam step (optional gradient clipping).
 
 Every ``validation.every`` steps the cross-species keypoint-transfer error
-(:func:`~dife.train.validate.keypoint_transfer_error`) drives
+([keypoint_transfer_error][dife.train.validate.keypoint_transfer_error]) drives
 ReduceLROnPlateau, the best checkpoint and early stopping.
 
 Output folder (``output_dir``)::
@@ -44,7 +47,7 @@ Output folder (``output_dir``)::
     tb/                                         TensorBoard scalars
 
 Multi-GPU / multi-process: launch with ``torchrun --nproc_per_node=N -m
-dife.cli train CONFIG`` (:mod:`dife.train.distributed`); every process draws
+dife.cli train CONFIG`` (``dife.train.distributed``); every process draws
 its own batches (``batch_size`` is per process) and rank 0 logs and writes.
 
 Precision: ``precision: bf16`` autocasts the student on CUDA (teachers and
@@ -408,6 +411,7 @@ class Trainer:
             "saturation": a.saturation,
             "hue": a.hue,
             "grayscale_p": a.grayscale,
+            "p": a.jitter_p,
         }
 
         self._check_validation()
@@ -416,6 +420,7 @@ class Trainer:
         self.pair_keys = cfg.pseudo_pair_keys()
         self._pairs: dict[tuple[str, str], dict[str, Any]] = {}
         self._w_mean: dict[str, torch.Tensor] = {}
+        self._pair_log: dict[str, list[float]] = {}
         self.step = 0
         self.best: float | None = None
         self.bad_validations = 0
@@ -550,6 +555,16 @@ class Trainer:
                     ) from None
 
     # ------------------------------------------------------------------ data
+    def species_batch(self, matching: bool) -> int:
+        """Images of each species in a step (``batch_mode``; ``matching``: after the warm-up)."""
+        cfg = self.config
+        if cfg.batch_mode == "per_species":
+            return cfg.batch_size
+        d = len(cfg.species)
+        if matching and self.pair_keys:  # the authors' split: room for the pairs of every (source, target) key
+            return max(1, cfg.batch_size // (d * (d + 1)) - 1)
+        return max(1, cfg.batch_size // d)
+
     def _sample_species(self, name: str, n: int) -> dict[str, Any]:
         """``{"image": (n, 3, T, T) on device, "features": (n, C, r, r) or None}`` for one species."""
         s = self.config.species[name]
@@ -573,27 +588,64 @@ class Trainer:
         return self._w_mean[name]
 
     def _refresh_pairs(self, key: tuple[str, str]) -> dict[str, Any]:
-        from dife.train.pseudo_pairs import synthesize_pseudo_pairs
+        from dife.train.pseudo_pairs import PseudoPairError, synthesize_pseudo_pairs
 
         src_name, tgt_name = key
         p = self.config.pseudo_pairs
         gcfg = self.config.species[tgt_name].generator
         assert gcfg is not None
         src = _resize(self._sample_species(src_name, p.batch_size)["image"], self.size).clamp(-1, 1)
-        pairs = synthesize_pseudo_pairs(
-            self.model,
-            src,
-            self.generators[tgt_name],
-            tgt_name,
-            source_domain=src_name,
-            lam=p.lam,
-            steps=p.steps,
-            lr=p.lr,
-            w_space=p.w_space,
-            layer=gcfg.layer,
-            noise_mode=gcfg.noise_mode,
-            w_mean=self._mean_latent(tgt_name),
-        )
+        try:
+            pairs = synthesize_pseudo_pairs(
+                self.model,
+                src,
+                self.generators[tgt_name],
+                tgt_name,
+                source_domain=src_name,
+                lam=p.lam,
+                prior=p.prior,
+                data_term=p.data_term,
+                start=p.start,
+                start_truncation=gcfg.truncation if p.start_truncation is None else p.start_truncation,
+                steps=p.steps,
+                lr=p.lr,
+                w_space=p.w_space,
+                layer=gcfg.layer,
+                noise_mode=gcfg.noise_mode,
+                w_mean=self._mean_latent(tgt_name),
+                generator=self.gen,
+                check=p.check,
+                retries=p.retries,
+                min_loss_drop=p.min_loss_drop,
+                min_image_change=p.min_image_change,
+                on_failure=p.on_failure,
+            )
+        except PseudoPairError as e:
+            raise PseudoPairError(
+                f"training step {self.step}: {e} (config keys: pseudo_pairs.lr / steps / lam / prior / data_term / "
+                "start; pseudo_pairs.check=false turns the check off)"
+            ) from None
+        if pairs.health is not None:
+            h = pairs.health.summary()
+            for k in ("loss_drop", "latent_step", "mean_distance", "image_change", "moved", "retries"):
+                self._pair_log.setdefault(f"pairs_{k}", []).append(h[k])
+            if self.is_main:
+                logger.info(
+                    "dife.train: step %d, pseudo pairs %s -> %s: objective %.4g -> %.4g (drop %.1f%%), "
+                    "|w - w_start| %.3g, |w - w_mean| %.3g (min %.3g), image change %.3g (min %.3g), %d retries",
+                    self.step,
+                    src_name,
+                    tgt_name,
+                    float(pairs.initial_loss.mean()),
+                    float(pairs.final_loss.mean()),
+                    100.0 * h["loss_drop"],
+                    h["latent_step"],
+                    h["mean_distance"],
+                    h["min_mean_distance"],
+                    h["image_change"],
+                    h["min_image_change"],
+                    int(h["retries"]),
+                )
         entry = {"images": pairs.images.detach().cpu(), "source": src.detach().cpu(), "step": self.step}
         self._pairs[key] = entry
         return entry
@@ -609,7 +661,8 @@ class Trainer:
             if entry is None or self.step - entry["step"] >= p.every or self.step < entry["step"]:
                 entry = self._refresh_pairs(key)
             n = int(entry["images"].shape[0])
-            idx = torch.randperm(n, generator=self.gen)[: p.per_step]
+            per_step = p.per_step if self.config.batch_mode == "per_species" else self.species_batch(True)
+            idx = torch.randperm(n, generator=self.gen)[:per_step]
             src = entry["source"][idx].to(self.device)
             pair = entry["images"][idx].to(self.device)
             k = len(idx)
@@ -661,8 +714,9 @@ class Trainer:
         images, species = [], []
         keys: list[tuple[str, int] | None] = []
         start = 0
+        n_species = self.species_batch(matching)
         for name in cfg.species_names:
-            b = self._sample_species(name, cfg.batch_size)
+            b = self._sample_species(name, n_species)
             n = int(b["image"].shape[0])
             parts.append({"species": name, "start": start, "stop": start + n, "features": b["features"]})
             images.append(b["image"])
@@ -715,6 +769,12 @@ class Trainer:
         e = e.float()
         e_a = e[:n_all]
         terms: dict[str, torch.Tensor] = {}
+        # paper-style sums: Σ over the S x S pixels of the student's grid, Σ_d over species / pair keys
+        distill_scale = float(S * S) if lcfg.distill_reduction == "sum" else 1.0
+
+        def reduce_domains(values: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack(values).sum() if lcfg.domain_reduction == "sum" else _mean(values)
+
         if self.dense_teacher is not None:
             target = views["dense_a"]
             pred = k1_pred.float() if k1_pred is not None else e_a
@@ -723,7 +783,14 @@ class Trainer:
             resize = "teacher" if target.shape[-1] < pred.shape[-1] else "student"
             grid = pred.shape[-2:] if resize == "teacher" else target.shape[-2:]
             mask = inside_mask(warp_a.grid(tuple(grid)))
-            terms["k1"] = distillation_loss(pred, target, mask=mask, resize=resize)
+            if lcfg.domain_reduction == "sum":  # Σ_d: one term per species
+                k1 = [
+                    distillation_loss(pred[a:b], target[a:b], mask=mask[a:b], resize=resize)
+                    for a, b in ((p["start"], p["stop"]) for p in parts)
+                ]
+                terms["k1"] = torch.stack(k1).sum() * distill_scale
+            else:
+                terms["k1"] = distillation_loss(pred, target, mask=mask, resize=resize) * distill_scale
         k2 = []
         synthetic_parts = [p for p in parts if p["features"] is not None]
         for p, conv in zip(synthetic_parts, converted, strict=True):
@@ -732,10 +799,10 @@ class Trainer:
             mask = inside_mask(w.grid(tuple(feats.shape[-2:])))
             k2.append(distillation_loss(conv.float(), feats, mask=mask))
         if k2:
-            terms["k2"] = _mean(k2)
+            terms["k2"] = reduce_domains(k2) * distill_scale
         m1: list[torch.Tensor] = []
         m2: list[torch.Tensor] = []
-        opts = {"temperature": lcfg.temperature, "normalize": lcfg.normalize}
+        opts = {"temperature": lcfg.temperature, "normalize": lcfg.normalize, "reduction": lcfg.match_reduction}
         if use_real_matching:
             nr = len(real_rows)
             e_ra, e_rb = e_a[real_idx], e[n_all : n_all + nr]
@@ -750,12 +817,16 @@ class Trainer:
         for pv in pseudo:
             k, o = int(pv["a"].shape[0]), pv["offset"]
             pv["e_a"], pv["e_b"] = e[o : o + k], e[o + k : o + 2 * k]
-            loss = matching_loss(pv["e_a"], pv["e_b"], grid1_to_2=pv["grid"], valid=pv["valid"], **opts)
+            e_src = pv["e_a"].detach() if lcfg.stop_grad_source else pv["e_a"]  # the authors: source under no_grad
+            (e_src, e_pair), grid, valid = _pool_matching(
+                [e_src, pv["e_b"]], pv["grid"], pv["valid"], lcfg.pair_match_stride
+            )
+            loss = matching_loss(e_src, e_pair, grid1_to_2=grid, valid=valid, **opts)
             (m1 if pv["key"][0] == pv["key"][1] else m2).append(loss)
         if m1:
-            terms["m1"] = _mean(m1)
+            terms["m1"] = reduce_domains(m1)
         if m2:
-            terms["m2"] = _mean(m2)
+            terms["m2"] = reduce_domains(m2)
         total, log = total_loss(terms, lcfg.weights())
 
         # ---- 5. update
@@ -768,6 +839,9 @@ class Trainer:
         self.optimizer.step()
         log["grad_norm"] = float(norm)
         log["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        for k, vals in self._pair_log.items():  # health of the pseudo pairs refreshed in this step
+            log[k] = float(np.mean(vals))
+        self._pair_log = {}
 
         if self._vis is not None:
             self._vis = {
@@ -807,6 +881,7 @@ class Trainer:
                 species=species,
                 batch_size=v.batch_size,
                 device=self.device,
+                scoring=v.scoring,
             )
             value = res.overall
             self._last_validation = res

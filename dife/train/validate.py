@@ -5,9 +5,23 @@ The folder has the layout of ``shared/data/faces``: images and an
 ``{"image": "dog_0001.jpg", "species": "dog", "keypoints": {"nose": [x, y], ...}}``
 (pixel coordinates, integer = pixel centre). For each sampled pair of images
 of two different species, the keypoints present in both records are carried
-from the source to the target with :func:`dife.transfer.transfer_keypoints`
+from the source to the target with [transfer_keypoints][dife.transfer.transfer_keypoints]
 and compared with the target's annotation. Distances are scaled to a 70 x 70
 image (``distance * 70 / target side``), the metric of the paper.
+
+Two scorings (``scoring``):
+
+* ``"dife"`` (default): [transfer_keypoints][dife.transfer.transfer_keypoints] -- the
+  descriptor sampled bilinearly at the source point, nearest neighbour by
+  cosine similarity, every keypoint name both species share;
+* ``"authors"``: the authors' evaluation script
+  (``exp_keypoint_transfer_celeba+ap10k_unrefactored.py``, ``find_descriptor``):
+  the source position scaled to the 96 x 96 input (``x * 96 / side``, no
+  half-pixel shift) and **rounded** to a pixel, the arg-max of the **raw dot
+  product** of the (not normalised) embeddings, the match scaled back
+  (``g * side / 96``), and only the **first three** shared keypoints of the
+  source's annotation order (eyes and nose for every species of
+  ``shared/data/faces``).
 
 Example:
     >>> res = keypoint_transfer_error(model, "../shared/data/faces", pairs=200)  # doctest: +SKIP
@@ -26,15 +40,30 @@ from typing import Any
 
 import numpy as np
 
-from dife.errors import InputError, ModelNotFoundError, UnknownDomainError
+from dife.errors import InputError, ModelNotFoundError, ShapeError, UnknownDomainError
 
-__all__ = ["ANNOTATIONS_FILE", "SCALE", "Annotation", "TransferError", "read_annotations", "keypoint_transfer_error"]
+__all__ = [
+    "ANNOTATIONS_FILE",
+    "SCALE",
+    "SCORINGS",
+    "Annotation",
+    "TransferError",
+    "read_annotations",
+    "keypoint_transfer_error",
+    "authors_transfer_keypoints",
+]
 
 #: Name of the annotation file of a labelled folder.
 ANNOTATIONS_FILE = "annotations.json"
 
 #: Side of the reference image the errors are scaled to (the paper's 70 x 70).
 SCALE = 70.0
+
+#: Scorings of [keypoint_transfer_error][dife.train.validate.keypoint_transfer_error] (see the module docstring).
+SCORINGS = ("dife", "authors")
+
+#: Keypoints per image compared by the authors' scoring (their ``kp_src[:3]``).
+AUTHORS_KEYPOINTS = 3
 
 
 @dataclass(frozen=True)
@@ -160,6 +189,7 @@ def keypoint_transfer_error(
     refine: bool = False,
     device: Any = None,
     spatial_prior: float = 0.0,
+    scoring: str = "dife",
 ) -> TransferError:
     """Mean cross-species keypoint-transfer error of ``model`` on a labelled folder.
 
@@ -173,9 +203,9 @@ def keypoint_transfer_error(
     scaled to a 70 x 70 image: ``d * 70 / max(W, H)`` of the target.
 
     Args:
-        model: A :class:`~dife.modeling.DIFE` (its train / eval mode is
+        model: A [DIFE][dife.modeling.DIFE] (its train / eval mode is
             restored afterwards), a model name or a folder.
-        folder: Labelled folder (``annotations.json``, see :func:`read_annotations`).
+        folder: Labelled folder (``annotations.json``, see [read_annotations][dife.train.validate.read_annotations]).
         pairs: Number of image pairs (>= 1).
         seed: Seed of the pair sampling.
         species: Species to pair (default: every species of the folder).
@@ -183,11 +213,13 @@ def keypoint_transfer_error(
         refine: Sub-pixel soft-argmax refinement of the matches.
         device: Where to run (default: the model's device).
         spatial_prior: Weight of the spatial prior of
-            :func:`~dife.transfer.transfer_keypoints`; 0 (default) measures
+            [transfer_keypoints][dife.transfer.transfer_keypoints]; 0 (default) measures
             the embedding alone, ``None`` uses the model's default.
+        scoring: ``"dife"`` (default) or ``"authors"`` (module docstring;
+            ``refine`` and ``spatial_prior`` do not apply to it).
 
     Returns:
-        A :class:`TransferError` (``overall`` and ``per_pair`` in 70-px units).
+        A [TransferError][dife.train.validate.TransferError] (``overall`` and ``per_pair`` in 70-px units).
 
     Raises:
         ModelNotFoundError: missing folder / annotations.
@@ -200,6 +232,8 @@ def keypoint_transfer_error(
         raise InputError(f"pairs must be a positive int, got {pairs!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed must be an int, got {seed!r}")
+    if scoring not in SCORINGS:
+        raise InputError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
     records = read_annotations(folder)
     by_species: dict[str, list[Annotation]] = {}
     for rec in records:
@@ -240,19 +274,28 @@ def keypoint_transfer_error(
     counts: dict[str, int] = {}
     try:
         for (a, b), items in jobs.items():
-            kp = sorted(common[a] & common[b])
+            if scoring == "authors":
+                order = list(by_species[a][0].keypoints)
+                kp = [k for k in order if k in common[a] & common[b]][:AUTHORS_KEYPOINTS]
+            else:
+                kp = sorted(common[a] & common[b])
             pts = np.array([[r.keypoints[k] for k in kp] for r, _ in items], dtype=np.float64)  # (B, N, 2)
             gt = np.array([[t.keypoints[k] for k in kp] for _, t in items], dtype=np.float64)
-            pred = transfer_keypoints(
-                [str(r.path) for r, _ in items],
-                [str(t.path) for _, t in items],
-                pts,
-                model=net,
-                refine=refine,
-                batch_size=batch_size,
-                device=device,
-                spatial_prior=spatial_prior,
-            )
+            if scoring == "authors":
+                pred = authors_transfer_keypoints(
+                    net, [str(r.path) for r, _ in items], [str(t.path) for _, t in items], pts, device=device
+                )
+            else:
+                pred = transfer_keypoints(
+                    [str(r.path) for r, _ in items],
+                    [str(t.path) for _, t in items],
+                    pts,
+                    model=net,
+                    refine=refine,
+                    batch_size=batch_size,
+                    device=device,
+                    spatial_prior=spatial_prior,
+                )
             pred = np.asarray(pred, dtype=np.float64).reshape(gt.shape)
             scale = np.array([SCALE / _image_side(t.path, sides) for _, t in items])[:, None]
             err = np.linalg.norm(pred - gt, axis=-1) * scale  # (B, N)
@@ -263,3 +306,60 @@ def keypoint_transfer_error(
             model.train(restore)
     overall = float(np.mean(list(per_pair.values())))
     return TransferError(overall, per_pair, counts, pairs, tuple(chosen))
+
+
+def authors_transfer_keypoints(
+    model: Any, sources: Sequence[Any], targets: Sequence[Any], points: Any, *, device: Any = None
+) -> np.ndarray:
+    """Keypoint transfer scored as the authors' evaluation (``find_descriptor``), pair by pair.
+
+    The source point is scaled to the model's input grid (``x * S / side``
+    after the crop rule of [prepare][dife.embedding.prepare], no half-pixel
+    shift) and rounded to a pixel; its raw (not normalised) embedding is
+    compared with every target pixel by the dot product; the arg-max pixel is
+    scaled back (``g * side / S``). No sub-pixel refinement, no spatial prior.
+
+    Args:
+        model: A [DIFE][dife.modeling.dife.DIFE], a model name or a folder.
+        sources: B source images (anything [load_image][dife.images.load_image] reads).
+        targets: B target images.
+        points: (B, N, 2) ``(x, y)`` source pixels.
+        device: Where to run (default: the model's device).
+
+    Returns:
+        (B, N, 2) float64 target pixels.
+
+    Raises:
+        ShapeError: ``points`` not (B, N, 2) for B pairs.
+    """
+    import torch
+
+    from dife.embedding import prepare
+    from dife.images import load_image
+    from dife.transfer import _setup
+
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 3 or pts.shape[-1] != 2 or not (len(sources) == len(targets) == pts.shape[0]):
+        raise ShapeError(
+            f"points must be (B, N, 2) for B = {len(sources)} sources and {len(targets)} targets, got {pts.shape}"
+        )
+    net, dev = _setup(model, device)
+    out = np.zeros_like(pts)
+    with torch.no_grad():
+        for i, (src, tgt) in enumerate(zip(sources, targets, strict=True)):
+            x, transforms = prepare(
+                [load_image(src, what=f"sources[{i}]"), load_image(tgt, what=f"targets[{i}]")],
+                None,
+                net.config,
+                device=dev,
+            )
+            feats = net(x.to(dev, next(net.parameters()).dtype)).float()  # (2, C, S, S), not normalised
+            c, size = int(feats.shape[1]), int(feats.shape[-1])
+            ts, tt = transforms
+            g = (pts[i] - np.array([ts.left, ts.top])) * (size / ts.side)
+            g = np.clip(np.round(g), 0, size - 1).astype(np.int64)  # (N, 2) x, y
+            query = feats[0][:, torch.as_tensor(g[:, 1]), torch.as_tensor(g[:, 0])].t()  # (N, C)
+            best = (query @ feats[1].reshape(c, -1)).argmax(dim=1).cpu().numpy()  # (N,)
+            match = np.stack([best % size, best // size], axis=-1).astype(np.float64)
+            out[i] = match * (tt.side / size) + np.array([tt.left, tt.top])
+    return out

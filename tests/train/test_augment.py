@@ -337,6 +337,23 @@ def test_color_jitter_grayscale_and_hue():
     assert not torch.allclose(color_jitter(red, brightness=0, contrast=0, saturation=0, hue=0.4, generator=gen(1)), red)
 
 
+def test_color_jitter_probability():
+    x = torch.rand(400, 3, 4, 4, generator=gen(6)) * 1.6 - 0.8
+    # the authors' augmentation: RandomApply(ColorJitter(brightness 0.1, hue 0.1), p=0.7)
+    out = color_jitter(x, brightness=0.1, contrast=0, saturation=0, hue=0.1, p=0.7, generator=gen(7))
+    changed = (out - x).flatten(1).abs().amax(1) > 1e-6
+    assert 0.6 < float(changed.float().mean()) < 0.8  # ~70 % of the samples
+    torch.testing.assert_close(out[~changed], x[~changed], rtol=0, atol=0)  # the others untouched
+    assert float(((out[changed] + 1) / (x[changed] + 1)).flatten(1).std(1).max()) > 1e-3  # hue changed colours
+    assert torch.equal(color_jitter(x, brightness=0.5, p=0.0, generator=gen(8)), x)
+    # p = 1 draws no extra random numbers: the same result as before the option existed
+    g1, g2 = gen(9), gen(9)
+    torch.testing.assert_close(color_jitter(x, p=1.0, generator=g1), color_jitter(x, generator=g2), rtol=0, atol=0)
+    assert torch.equal(g1.get_state(), g2.get_state())
+    with pytest.raises(InputError, match="p must"):
+        color_jitter(x, p=1.5)
+
+
 def test_color_jitter_errors():
     x = torch.zeros(1, 3, 4, 4)
     with pytest.raises(ShapeError):

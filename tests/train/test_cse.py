@@ -33,13 +33,18 @@ def d2_shapes(
     head=512,
     embed=16,
     segm=2,
+    head_type="v1convx",
+    gn=True,
+    nonlocal_block=False,
 ) -> dict[str, tuple[int, ...]]:
-    """Key names and shapes that detectron2 gives a DensePose CSE R-CNN (FPN, decoder, V1ConvX head).
+    """Key names and shapes that detectron2 gives a DensePose CSE R-CNN (FPN, decoder, V1ConvX or DeepLab head).
 
     Written from detectron2's naming rules (ResNet ``stem`` / ``res{k}.{i}.conv{1,2,3}`` / ``shortcut``
     with ``.norm`` FrozenBN buffers, FPN ``fpn_lateral{k}`` / ``fpn_output{k}``, DensePose ``Decoder``
-    Sequentials with conv / upsample indices, ``body_conv_fcn{i}``, ``embed_lowres``), independently
-    of the module under test.
+    Sequentials with conv / upsample indices, ``body_conv_fcn{i}``, ``embed_lowres``; for the DeepLab
+    head the ``ASPP`` Sequentials -- conv, GroupNorm, ReLU; pool, conv, GroupNorm, ReLU for the image
+    branch -- ``project``, the non-local ``NLBlock`` and the ``norm`` children of the GN convs),
+    independently of the module under test.
     """
     out: dict[str, tuple[int, ...]] = {}
 
@@ -74,9 +79,27 @@ def d2_shapes(
     out["roi_heads.decoder.predictor.weight"] = (dec, dec, 1, 1)
     out["roi_heads.decoder.predictor.bias"] = (dec,)
     c = dec
+    hd = "roi_heads.densepose_head"
+    if head_type == "deeplab":
+        for j, k in enumerate((1, 3, 3, 3)):  # 1x1 branch, three dilated 3x3 branches
+            out[f"{hd}.ASPP.convs.{j}.0.weight"] = (dec, dec, k, k)
+            out[f"{hd}.ASPP.convs.{j}.1.weight"] = out[f"{hd}.ASPP.convs.{j}.1.bias"] = (dec,)
+        out[f"{hd}.ASPP.convs.4.1.weight"] = (dec, dec, 1, 1)  # index 0 is the (parameter-free) pooling
+        out[f"{hd}.ASPP.convs.4.2.weight"] = out[f"{hd}.ASPP.convs.4.2.bias"] = (dec,)
+        out[f"{hd}.ASPP.project.0.weight"] = (dec, 5 * dec, 1, 1)
+        if nonlocal_block:
+            inner = dec // 2
+            for name in ("theta", "g.0", "phi.0"):
+                out[f"{hd}.NLBlock.{name}.weight"] = (inner, dec, 1, 1)
+                out[f"{hd}.NLBlock.{name}.bias"] = (inner,)
+            out[f"{hd}.NLBlock.W.0.weight"] = (dec, inner, 1, 1)
+            out[f"{hd}.NLBlock.W.0.bias"] = out[f"{hd}.NLBlock.W.1.weight"] = out[f"{hd}.NLBlock.W.1.bias"] = (dec,)
     for i in range(1, head_convs + 1):
-        out[f"roi_heads.densepose_head.body_conv_fcn{i}.weight"] = (head, c, 3, 3)
-        out[f"roi_heads.densepose_head.body_conv_fcn{i}.bias"] = (head,)
+        out[f"{hd}.body_conv_fcn{i}.weight"] = (head, c, 3, 3)
+        if head_type == "deeplab" and gn:  # Conv2d(bias=False, norm=GroupNorm)
+            out[f"{hd}.body_conv_fcn{i}.norm.weight"] = out[f"{hd}.body_conv_fcn{i}.norm.bias"] = (head,)
+        else:
+            out[f"{hd}.body_conv_fcn{i}.bias"] = (head,)
         c = head
     out["roi_heads.densepose_predictor.coarse_segm_lowres.weight"] = (head, segm, 4, 4)
     out["roi_heads.densepose_predictor.coarse_segm_lowres.bias"] = (segm,)
@@ -166,6 +189,67 @@ def test_r101_layout_and_inference() -> None:
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected
     meta = {k: torch.empty(s, device="meta") for k, s in expected.items()}
     assert config_from_state_dict(meta).depth == 101
+
+
+def test_r101_deeplab_head_has_exactly_the_authors_keys_and_shapes() -> None:
+    """The authors' CSE (R101-FPN with the DeepLab head, ``..._DL_soft_animals_finetune_i2m_m2m_16k``)."""
+    expected = d2_shapes(blocks=(3, 4, 23, 3), head_type="deeplab")
+    with torch.device("meta"):
+        model = CSETeacher(CSEConfig(depth=101, head="deeplab"))
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert set(ours) == set(expected), (sorted(set(ours) - set(expected))[:5], sorted(set(expected) - set(ours))[:5])
+    assert ours == expected
+    assert ours["roi_heads.densepose_head.ASPP.project.0.weight"] == (256, 1280, 1, 1)
+    assert ours["roi_heads.densepose_head.body_conv_fcn1.weight"] == (512, 256, 3, 3)
+    assert "roi_heads.densepose_head.body_conv_fcn8.norm.weight" in ours
+    assert "roi_heads.densepose_head.body_conv_fcn1.bias" not in ours  # GN convs have no bias
+    meta = {k: torch.empty(s, device="meta") for k, s in expected.items()}
+    assert config_from_state_dict(meta) == CSEConfig(depth=101, head="deeplab")
+    # the variants: no norm (biases instead), and the non-local block
+    for kw, cfg in (
+        ({"gn": False}, CSEConfig(depth=101, head="deeplab", deeplab_norm="")),
+        ({"nonlocal_block": True}, CSEConfig(depth=101, head="deeplab", deeplab_nonlocal=True)),
+    ):
+        shapes = d2_shapes(blocks=(3, 4, 23, 3), head_type="deeplab", **kw)
+        with torch.device("meta"):
+            m = CSETeacher(cfg)
+        assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == shapes
+        assert config_from_state_dict({k: torch.empty(s, device="meta") for k, s in shapes.items()}) == cfg
+
+
+def test_tiny_deeplab_head_loads_strictly_and_runs(tmp_path, images) -> None:
+    tiny = {**TINY, "fpn": 64, "dec": 64, "head": 64}  # GroupNorm(32): widths divisible by 32, > 1 value per group
+    state = random_state({**d2_shapes(**tiny, head_type="deeplab", nonlocal_block=True), **EXTRA})
+    pth = tmp_path / "model_final.pth"  # the authors' DetectionCheckpointer output is a .pth
+    torch.save({"model": {k: torch.from_numpy(v) for k, v in state.items()}, "iteration": 16000}, pth)
+    t = CSETeacher.load(pth, pooler_resolution=7, input_size=64)
+    assert t.config.head == "deeplab" and t.config.deeplab_nonlocal and t.config.deeplab_norm == "GN"
+    for k, v in t.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), state[k])
+    with torch.no_grad():
+        e = t(images)
+        segm = t.forward_outputs(images)["coarse_segm"]
+    assert e.shape == (2, 8, 28, 28) and segm.shape == (2, 2, 28, 28)
+    assert torch.isfinite(e).all() and float(e.std()) > 0
+    with torch.no_grad():
+        assert not torch.allclose(t(images.flip(0))[0], e[0])
+    # the image-pooling branch is a broadcast of the global mean, as bilinear resizing of a 1x1 map is
+    aspp = t.roi_heads.densepose_head.ASPP
+    x = torch.randn(1, 64, 7, 7)
+    with torch.no_grad():
+        pooled = aspp.convs[4](x)
+        torch.testing.assert_close(
+            torch.nn.functional.interpolate(pooled, size=(7, 7), mode="bilinear", align_corners=False),
+            pooled.expand(-1, -1, 7, 7),
+        )
+    # a missing ASPP key is named
+    broken = {k: v for k, v in state.items() if "ASPP.project" not in k}
+    with pytest.raises(CheckpointError):
+        CSETeacher.load_detectron2_state_dict(CSETeacher(t.config), broken)
+    with pytest.raises(InputError, match="multiple of 32"):
+        CSEConfig(head="deeplab", fpn_channels=16, decoder_channels=16, decoder_out_channels=16)
+    with pytest.raises(InputError, match="head"):
+        CSEConfig(head="fcn")
 
 
 def test_tiny_config_inferred_from_state(tiny_state) -> None:

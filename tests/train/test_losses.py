@@ -142,6 +142,30 @@ def test_matching_is_resolution_independent() -> None:
     assert 0.35 < expected < 0.4
 
 
+def test_matching_sum_reduction_is_eq5_in_pixels() -> None:
+    # eq. 5 as written: distances in pixels of e2, summed over the (valid) pixels of each pair, mean over pairs
+    e1, e2 = randn(2, 6, 8, 8, seed=3), randn(2, 6, 8, 8, seed=4)
+    valid = torch.ones(2, 8, 8)
+    valid[1, :, :3] = 0.0  # pair 1: 40 valid pixels
+    p = soft_locations(e1, e2, temperature=0.1)
+    ys, xs = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    dist = (p - torch.stack([xs, ys], -1)).norm(dim=-1)  # (2, 8, 8) pixels
+    total = matching_loss(e1, e2, valid=valid, temperature=0.1, reduction="sum")
+    torch.testing.assert_close(total, (dist * valid).flatten(1).sum(1).mean())
+    mean = matching_loss(e1, e2, valid=valid, temperature=0.1)
+    torch.testing.assert_close(mean, (dist * valid).sum() / valid.sum() / 8)
+    # the two differ by the side and the number of valid pixels (here 64 and 40 per pair)
+    torch.testing.assert_close(total, mean * 8 * valid.sum() / 2)
+    # the DVE loss passes the reduction to its matching step
+    e3 = randn(2, 6, 8, 8, seed=5)
+    ratio = dve_exchange_loss(e1, e2, e3, reduction="sum") / dve_exchange_loss(e1, e2, e3)
+    assert float(ratio) == pytest.approx(8 * 64, rel=1e-4)
+    with pytest.raises(InputError, match="reduction"):
+        matching_loss(e1, e2, reduction="max")
+    with pytest.raises(InputError, match="reduction"):
+        dve_exchange_loss(e1, e2, e3, reduction="none")
+
+
 def test_matching_chunk_size_invariance_of_value_and_gradients() -> None:
     results = []
     for chunk in (37, 100, None, 256):

@@ -51,6 +51,15 @@ def test_every_shipped_config_parses_and_validates() -> None:
             assert all(s.generator.truncation == 0.7 and s.generator.layer == 7 for s in cfg.species.values())
             assert cfg.dense_teacher.name == "cse" and "soft_animals" in cfg.dense_teacher.checkpoint
             assert len(cfg.pseudo_pair_keys()) == len(cfg.species) ** 2
+            # the paper's / the authors' values where dife's defaults differ (docs/training.md)
+            lc, pp, a = cfg.loss, cfg.pseudo_pairs, cfg.augment
+            assert cfg.batch_mode == "total" and lc.normalize == "cosine" and lc.stop_grad_source
+            assert (lc.match_reduction, lc.distill_reduction, lc.domain_reduction) == ("sum", "sum", "sum")
+            assert lc.pair_match_stride == 2 and cfg.model.input_size // lc.pair_match_stride == 48
+            assert (cfg.optim.plateau_factor, cfg.optim.min_lr) == (0.1, 0.0)
+            assert (a.brightness, a.contrast, a.saturation, a.hue, a.jitter_p) == (0.1, 0.0, 0.0, 0.1, 0.7)
+            assert (pp.start, pp.data_term, pp.prior, pp.lam, pp.check) == ("sample", "l2", "l2", 1.0, True)
+            assert cfg.validation.scoring == "authors"
     real = load_config("real_images")
     assert real.real_species == real.species_names and not real.synthetic_species
     assert real.model.converter_dim == 0 and real.dense_teacher.name.startswith("timm:")
@@ -93,6 +102,25 @@ def test_defaults_are_the_paper_settings() -> None:
     assert cfg.loss.weights() == {"k1": 0.01, "k2": 1.0, "m1": 0.01, "m2": 0.01}
     assert (cfg.optim.lr, cfg.batch_size, cfg.model.input_size) == (1e-3, 12, 96)
     assert cfg.model.to_dife_config(["human", "dog"]).converter_dim == 512
+    # the pseudo-pair search defaults to eq. 3 from sampled starts, checked
+    p = cfg.pseudo_pairs
+    assert (p.start, p.data_term, p.prior, p.check, p.on_failure) == ("sample", "l2", "l2", True, "raise")
+
+
+def test_paper_options_validate() -> None:
+    for bad, match in (
+        ({"loss": {"pair_match_stride": 5}}, "pair_match_stride"),
+        ({"loss": {"pair_match_stride": 0}}, "pair_match_stride"),
+        ({"loss": {"match_reduction": "max"}}, "match_reduction"),
+        ({"augment": {"jitter_p": 1.5}}, "jitter_p"),
+        ({"pseudo_pairs": {"start_truncation": 2.0}}, "start_truncation"),
+        ({"pseudo_pairs": {"retries": -1}}, "retries"),
+        ({"pseudo_pairs": {"on_failure": "ignore"}}, "on_failure"),
+        ({"batch_mode": "per_gpu"}, "batch_mode"),
+        ({"validation": {"scoring": "paper"}}, "scoring"),
+    ):
+        with pytest.raises(InputError, match=match):
+            two_species(**bad).validate(check_paths=False)
 
 
 # --------------------------------------------------------------------------- overrides

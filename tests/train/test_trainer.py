@@ -154,6 +154,134 @@ def test_matching_losses_wait_for_the_warmup(tmp_path: Path, generators: dict) -
     assert len(tr._pairs) == 4  # (human, human), (human, dog), (dog, human), (dog, dog)
 
 
+# --------------------------------------------------------------------------- paper options
+def test_paper_matching_options_reach_the_loss(
+    tmp_path: Path, generators: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop_grad_source, pair_match_stride and match_reduction as the authors: seen by every pseudo-pair loss."""
+    import dife.train.losses as losses
+
+    calls = []
+    real = losses.matching_loss
+
+    def spy(e1, e2, **kw):
+        calls.append((tuple(e1.shape), tuple(e2.shape), e1.requires_grad, e2.requires_grad, kw["reduction"]))
+        return real(e1, e2, **kw)
+
+    monkeypatch.setattr(losses, "matching_loss", spy)
+    paper = {"stop_grad_source": True, "pair_match_stride": 2, "match_reduction": "sum", "normalize": "cosine"}
+    tr = make_trainer(tiny_config(tmp_path / "a", warmup_steps=0, loss=paper), generators)
+    log = tr.train_step()
+    assert len(calls) == 4 and {"m1", "m2"} <= set(log)  # 4 pseudo-pair keys
+    # 2 pairs per key, the 32 x 32 embeddings pooled to 16 x 16; no gradient on the source side only
+    assert all(c == ((2, 16, 16, 16), (2, 16, 16, 16), False, True, "sum") for c in calls), calls
+    calls.clear()
+    make_trainer(tiny_config(tmp_path / "b", warmup_steps=0), generators).train_step()
+    assert all(c == ((2, 16, 32, 32), (2, 16, 32, 32), True, True, "mean") for c in calls), calls
+
+
+def test_paper_sums_over_pixels_and_domains(tmp_path: Path, generators: dict) -> None:
+    """distill_reduction / domain_reduction 'sum' scale L_K2 by S^2 and by the number of species, exactly."""
+    base = {"warmup_steps": 5}  # before the pairs: L_K1 + L_K2 only, the same random draws in every run
+    logs = {}
+    for name, loss in {
+        "mean": {},
+        "pixels": {"distill_reduction": "sum"},
+        "domains": {"domain_reduction": "sum"},
+    }.items():
+        logs[name] = make_trainer(tiny_config(tmp_path / name, loss=loss, **base), generators).train_step()
+    assert logs["pixels"]["k2"] == pytest.approx(32 * 32 * logs["mean"]["k2"], rel=1e-5)
+    assert logs["pixels"]["k1"] == pytest.approx(32 * 32 * logs["mean"]["k1"], rel=1e-5)
+    assert logs["domains"]["k2"] == pytest.approx(2 * logs["mean"]["k2"], rel=1e-5)  # Σ over 2 species
+    # L_K1 summed over species: the per-species masked means add up to about twice the overall mean
+    assert 1.7 < logs["domains"]["k1"] / logs["mean"]["k1"] < 2.3
+
+
+def test_total_batch_mode_splits_the_batch_as_the_authors(
+    tmp_path: Path, generators: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dife.train.trainer import Trainer
+
+    cfg = tiny_config(tmp_path / "run", batch_size=12, batch_mode="total", warmup_steps=1)
+    cfg["pseudo_pairs"] = {"every": 10, "batch_size": 3, "per_step": 3, "steps": 3}
+    tr = make_trainer(cfg, generators)
+    drawn = []
+    real = Trainer._sample_species
+
+    def spy(self, name, n):
+        drawn.append((name, n))
+        return real(self, name, n)
+
+    monkeypatch.setattr(Trainer, "_sample_species", spy)
+    assert (tr.species_batch(False), tr.species_batch(True)) == (6, 1)  # 12 // 2; 12 // (2 * 3) - 1
+    tr.train_step()
+    assert drawn == [("human", 6), ("dog", 6)]
+    drawn.clear()
+    tr.step = 1
+    tr._vis = {}  # keep the step's views
+    tr.train_step()
+    # 1 image per species, and 1 pair of each of the 4 keys (drawn from the 3 synthesised per key)
+    assert drawn[:2] == [("human", 1), ("dog", 1)] and drawn.count(("human", 3)) == 2
+    assert [len(a) for _, a, _, _, _ in tr._vis["pseudo"]] == [1, 1, 1, 1]
+    per = make_trainer(tiny_config(tmp_path / "per", batch_size=12), generators)
+    assert (per.species_batch(False), per.species_batch(True)) == (12, 12)
+    three = tiny_config(tmp_path / "three", batch_size=12, batch_mode="total")
+    three["species"]["cat"] = {"generator": {"checkpoint": str(ADA)}}
+    gens = {**generators, "cat": generators["dog"]}
+    assert make_trainer(three, gens).species_batch(True) == 1  # max(1, 12 // 12 - 1)
+
+
+def test_pseudo_pair_health_is_logged_and_a_stuck_search_stops_training(
+    tmp_path: Path, generators: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dife.train.pseudo_pairs import PseudoPairError
+
+    tr = make_trainer(tiny_config(tmp_path / "ok", warmup_steps=0), generators)
+    with caplog.at_level(logging.INFO, logger="dife.train"):
+        log = tr.train_step()
+    assert {"pairs_loss_drop", "pairs_mean_distance", "pairs_image_change", "pairs_moved"} <= set(log)
+    assert log["pairs_moved"] == 1.0 and log["pairs_loss_drop"] > 0 and log["pairs_image_change"] > 0
+    lines = [r.getMessage() for r in caplog.records if "pseudo pairs" in r.getMessage()]
+    assert any(m.startswith("dife.train: step 0, pseudo pairs human -> dog: objective") for m in lines), lines
+    tr.step = 1
+    assert "pairs_loss_drop" not in tr.train_step()  # logged at refreshes only (every 2 steps)
+
+    stuck = tiny_config(tmp_path / "stuck", warmup_steps=0)
+    stuck["pseudo_pairs"]["lr"] = 1e-12  # the latents cannot move
+    with pytest.raises(PseudoPairError, match=r"training step 0: pseudo pairs human -> human: .*did not move"):
+        make_trainer(stuck, generators).train_step()
+    stuck["pseudo_pairs"]["check"] = False
+    make_trainer(stuck, generators, overwrite=True).train_step()  # the check can be turned off
+
+
+def test_authors_colour_jitter_and_validation_scoring_are_passed_on(
+    tmp_path: Path, generators: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dife.train.validate as validate
+
+    cfg = tiny_config(
+        tmp_path / "run",
+        augment={"brightness": 0.1, "contrast": 0.0, "saturation": 0.0, "hue": 0.1, "jitter_p": 0.7},
+        validation={"folder": str(tmp_path), "scoring": "authors"},
+    )
+    (tmp_path / "annotations.json").write_text("[]")
+    seen = {}
+    monkeypatch.setattr(validate, "read_annotations", lambda folder: [])
+    monkeypatch.setattr(
+        validate, "keypoint_transfer_error", lambda *a, **kw: seen.update(kw) or validate.TransferError(1.5)
+    )
+    tr = make_trainer(cfg, generators)
+    assert tr._jitter == {
+        "brightness": 0.1,
+        "contrast": 0.0,
+        "saturation": 0.0,
+        "hue": 0.1,
+        "grayscale_p": 0.0,
+        "p": 0.7,
+    }
+    assert tr.validate() == 1.5 and seen["scoring"] == "authors"
+
+
 # --------------------------------------------------------------------------- checkpoints
 def test_resume_reproduces_a_straight_run(tmp_path: Path, generators: dict) -> None:
     from dife.modeling.dife import DIFE

@@ -87,3 +87,99 @@ def test_errors(faces: Path, tmp_path: Path) -> None:
     (bad / "annotations.json").write_text(json.dumps([{"image": "x.jpg", "species": "dog", "keypoints": {}}]))
     with pytest.raises(InputError, match="image file not found"):
         read_annotations(bad)
+
+
+# ------------------------------------------------------------ the authors' scoring
+def _position_code_model(tiny_config, bright: bool):
+    """A DIFE whose embedding ignores the image: a unit code of each pixel's position (so cosine
+    nearest neighbours are the identity), and with ``bright`` one pixel (0, 0) of norm 100 that wins
+    every raw dot product."""
+    import math
+
+    import torch
+
+    from dife.modeling import DIFE
+
+    class PositionCode(DIFE):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            b, s = x.shape[0], x.shape[-1]
+            ys, xs = torch.meshgrid(torch.arange(s * 1.0), torch.arange(s * 1.0), indexing="ij")
+            a = math.pi / (2 * s)  # angles below 90 degrees: every pair of codes has a positive dot product
+            code = torch.zeros(self.config.embed_dim, s, s)
+            code[:4] = torch.stack([(a * xs).cos(), (a * xs).sin(), (a * ys).cos(), (a * ys).sin()]) / math.sqrt(2)
+            if bright:
+                code[:, 0, 0] *= 100.0
+            return code.expand(b, -1, -1, -1).to(x.dtype)
+
+    return PositionCode(tiny_config).eval()
+
+
+def _two_species_folder(tmp_path: Path) -> tuple[Path, dict[str, dict[str, list[float]]]]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    kps = {
+        "cat": {"a": [40.2, 60.7], "b": [200.0, 61.3], "c": [120.4, 150.6], "d": [128.0, 220.1]},
+        "dog": {"d": [130.0, 210.0], "c": [118.0, 160.2], "a": [50.5, 70.0], "b": [190.9, 66.6]},
+    }
+    records = []
+    for sp in kps:
+        Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(tmp_path / f"{sp}.png")
+        records.append({"image": f"{sp}.png", "species": sp, "keypoints": kps[sp]})
+    (tmp_path / "annotations.json").write_text(json.dumps(records))
+    return tmp_path, kps
+
+
+def test_authors_scoring_rounds_uses_raw_dot_products_and_three_keypoints(tmp_path: Path, tiny_config) -> None:
+    folder, kps = _two_species_folder(tmp_path)
+    s, side = 96, 256.0
+    ident = _position_code_model(tiny_config, bright=False)
+
+    def expected(src: str, tgt: str, names: list[str], predict) -> float:
+        errs = [np.hypot(*(predict(np.array(kps[src][n])) - np.array(kps[tgt][n]))) * SCALE / side for n in names]
+        return float(np.mean(errs))
+
+    # identity codes: the match is the source pixel, rounded on the 96 grid (x * 96 / 256, no half-pixel shift)
+    res = keypoint_transfer_error(ident, folder, pairs=2, seed=0, scoring="authors")
+    assert res.counts == {"cat->dog": 3, "dog->cat": 3}  # the first three of the source's order
+    rounded = lambda p: np.round(p * s / side) * side / s  # noqa: E731
+    assert res.per_pair["cat->dog"] == pytest.approx(expected("cat", "dog", ["a", "b", "c"], rounded))
+    assert res.per_pair["dog->cat"] == pytest.approx(expected("dog", "cat", ["d", "c", "a"], rounded))
+    # our scoring: every shared keypoint, pixel-centre convention, bilinear descriptor, cosine
+    ours = keypoint_transfer_error(ident, folder, pairs=2, seed=0)
+    assert ours.counts == {"cat->dog": 4, "dog->cat": 4}
+
+    # a pixel of large norm wins every raw dot product (never a cosine nearest neighbour)
+    bright = _position_code_model(tiny_config, bright=True)
+    res = keypoint_transfer_error(bright, folder, pairs=2, seed=0, scoring="authors")
+    corner = lambda p: np.zeros(2)  # noqa: E731 - the centre of pixel (0, 0) of the grid is at image (0, 0)
+    assert res.per_pair["cat->dog"] == pytest.approx(expected("cat", "dog", ["a", "b", "c"], corner))
+    # our scoring normalises the embeddings: the bright pixel changes nothing
+    assert keypoint_transfer_error(bright, folder, pairs=2, seed=0).to_dict() == ours.to_dict()
+    with pytest.raises(InputError, match="scoring"):
+        keypoint_transfer_error(ident, folder, pairs=2, scoring="paper")
+
+
+def test_authors_transfer_keypoints_and_the_eval_method(tmp_path: Path, tiny_config) -> None:
+    """The same scoring from Python and through `dife eval`'s DIFEMethod (non-square images: the crop rule)."""
+    from dife.errors import ShapeError
+    from dife.eval.methods import DIFEMethod
+    from dife.train.validate import authors_transfer_keypoints
+
+    ident = _position_code_model(tiny_config, bright=False)
+    rng = np.random.default_rng(1)
+    src = rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)  # centred square crop: x 50..250
+    tgt = rng.integers(0, 255, (120, 120, 3), dtype=np.uint8)
+    pts = np.array([[60.3, 20.0], [149.6, 100.2], [249.0, 199.0]])
+    # identity codes: the rounded grid pixel of the source, mapped into the target's crop
+    g = np.clip(np.round((pts - [50.0, 0.0]) * 96 / 200), 0, 95)  # the last point rounds to 96: clamped
+    expected = g * 120 / 96
+    got = authors_transfer_keypoints(ident, [src], [tgt], pts[None])
+    np.testing.assert_allclose(got[0], expected)
+    method = DIFEMethod(ident, scoring="authors", name="ident")
+    np.testing.assert_allclose(method.transfer(src, tgt, pts), expected)
+    assert method.describe()["scoring"] == "authors" and "scoring" not in DIFEMethod(ident).describe()
+    with pytest.raises(ShapeError, match=r"\(B, N, 2\)"):
+        authors_transfer_keypoints(ident, [src], [tgt], pts)
+    with pytest.raises(InputError, match="scoring"):
+        DIFEMethod(ident, scoring="paper")

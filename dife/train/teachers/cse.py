@@ -21,18 +21,20 @@ Pipeline (detectron2 names in brackets; defaults are those of
       -> ROIAlignV2 (aligned=True, sampling ratio 2) of the whole-image box to
          28 x 28 [roi_heads.densepose_pooler]
       -> 8 x (conv 3x3, 512, ReLU) [roi_heads.densepose_head.body_conv_fcn1..8]
+         or, for the DeepLab-head models (``_DL_``), ASPP + (optional non-local
+         block) + 8 x (conv 3x3, 512, GroupNorm 32, ReLU) [roi_heads.densepose_head.*]
       -> ConvTranspose 4x4 stride 2 -> 16 x 56 x 56, bilinear x2 -> 16 x 112 x 112
          [roi_heads.densepose_predictor.embed_lowres] (and the 2-channel
          coarse segmentation [coarse_segm_lowres])
 
 The output is the raw (not normalised) embedding in *box* coordinates: the
 112 x 112 grid spans the whole input image (pixel-centre convention of
-:mod:`dife.coords`, as detectron2's ``ROIAlign(aligned=True)`` + bilinear
-``align_corners=False`` resampling). :meth:`CSETeacher.resize_to` maps it to
+[dife.coords][dife.coords], as detectron2's ``ROIAlign(aligned=True)`` + bilinear
+``align_corners=False`` resampling). [CSETeacher.resize_to][dife.train.teachers.cse.CSETeacher.resize_to] maps it to
 any other grid, e.g. the student's 96 x 96.
 
 **ROIAlign.** torchvision is not a dependency, so the pooler is written with
-:func:`torch.nn.functional.grid_sample`: the ``(R * s)^2`` bilinear samples
+`torch.nn.functional.grid_sample`: the ``(R * s)^2`` bilinear samples
 of ``ROIAlignV2`` (``R`` the output size, ``s`` the sampling ratio) are taken
 with ``padding_mode="border"`` (detectron2 clamps samples in ``[-1, 0]`` to
 the border pixel), zeroed beyond one pixel outside the map, and averaged
@@ -48,7 +50,7 @@ normalisation.
 of ``{"model": {name: numpy array}, "__author__": "Detectron2 Model Zoo"}``
 and are read by a restricted unpickler that rebuilds only numpy arrays /
 scalars / dtypes and builtin containers (anything else raises
-:class:`~dife.errors.CheckpointError` before it can run). ``.pth`` files
+[CheckpointError][dife.errors.CheckpointError] before it can run). ``.pth`` files
 (``DetectionCheckpointer`` output, ``{"model": state_dict, ...}``) are read
 with ``torch.load(weights_only=True)``. The key names are detectron2's own
 (the module tree below reproduces them), so the mapping is the identity on
@@ -78,8 +80,25 @@ Key mapping (R50-FPN CSE; ``B`` = bottleneck width, ``O`` = block output,
 | `proposal_generator.*`, `roi_heads.box_head.*`, `roi_heads.box_predictor.*`, `roi_heads.embedder.*`, `roi_heads.mask_head.*`, `pixel_mean`, `pixel_std` | -- | ignored (detection and mesh-vertex parts) |
 
 R50 has 3, 4, 6, 3 blocks in res2..res5 (``O`` = 256, 512, 1024, 2048,
-``B`` = 64, 128, 256, 512), R101 has 3, 4, 23, 3. The DeepLab-head (``_DL_``)
-CSE models are not supported.
+``B`` = 64, 128, 256, 512), R101 has 3, 4, 23, 3.
+
+**DeepLab head** (``ROI_DENSEPOSE_HEAD.NAME: DensePoseDeepLabHead``, the
+``_DL_`` models, e.g. ``densepose_rcnn_R_101_FPN_DL_soft_s1x`` and the DIFE
+authors' own ``densepose_rcnn_R_101_FPN_DL_soft_animals_finetune_i2m_m2m_16k``
+``model_final.pth``, the CSE baseline of their keypoint-transfer table):
+the same backbone, FPN, decoder and predictor; the head is an ASPP (atrous
+rates 6, 12, 56, every branch as wide as its input, GroupNorm with 32
+groups), an optional non-local block (``DEEPLAB.NONLOCAL_ON``, off by
+default) and the stacked convs with GroupNorm (``DEEPLAB.NORM: GN``, no bias):
+
+| detectron2 key (``roi_heads.densepose_head.``) | shape | role |
+| --- | --- | --- |
+| `ASPP.convs.0.0.weight`, `ASPP.convs.0.1.{weight,bias}` | 256 x 256 x 1 x 1, 256 | 1x1 branch + GN + ReLU |
+| `ASPP.convs.{1,2,3}.0.weight`, `ASPP.convs.{1,2,3}.1.{weight,bias}` | 256 x 256 x 3 x 3, 256 | 3x3 branches, dilation 6, 12, 56 + GN + ReLU |
+| `ASPP.convs.4.1.weight`, `ASPP.convs.4.2.{weight,bias}` | 256 x 256 x 1 x 1, 256 | image pooling branch: global mean, 1x1 + GN + ReLU, broadcast |
+| `ASPP.project.0.weight` | 256 x 1280 x 1 x 1 | 1x1 over the 5 concatenated branches + ReLU |
+| `NLBlock.{theta,g.0,phi.0,W.0}.{weight,bias}`, `NLBlock.W.1.{weight,bias}` | 128 x 256 / 256 x 128 x 1 x 1, 256 | non-local block (only with ``NONLOCAL_ON``) |
+| `body_conv_fcn{1..8}.weight`, `body_conv_fcn{1..8}.norm.{weight,bias}` | 512 x (256 or 512) x 3 x 3, 512 | head convs + GN + ReLU |
 
 Models (detectron2 DensePose model zoo, ``projects/DensePose/doc/DENSEPOSE_CSE.md``):
 the animal CSE model ``densepose_rcnn_R_50_FPN_soft_animals_I0_finetune_16k``
@@ -119,6 +138,7 @@ __all__ = [
     "CSEConfig",
     "CSETeacher",
     "CSE_MODEL_ZOO",
+    "ASPP_RATES",
     "IGNORED_PREFIXES",
     "load_detectron2_weights",
     "config_from_state_dict",
@@ -142,7 +162,20 @@ CSE_MODEL_ZOO: dict[str, str] = {
     "densepose_rcnn_R_101_FPN_soft_s1x": (
         "https://dl.fbaipublicfiles.com/densepose/cse/densepose_rcnn_R_101_FPN_soft_s1x/250712522/model_final_4637da.pkl"
     ),
+    "densepose_rcnn_R_50_FPN_DL_soft_s1x": (
+        "https://dl.fbaipublicfiles.com/densepose/cse/densepose_rcnn_R_50_FPN_DL_soft_s1x/250713703/model_final_9199f5.pkl"
+    ),
+    "densepose_rcnn_R_101_FPN_DL_soft_s1x": (
+        "https://dl.fbaipublicfiles.com/densepose/cse/densepose_rcnn_R_101_FPN_DL_soft_s1x/250713061/"
+        "model_final_1d3314.pkl"
+    ),
 }
+
+#: Atrous rates of the DeepLab head's ASPP (fixed in detectron2's ``DensePoseDeepLabHead``).
+ASPP_RATES: tuple[int, int, int] = (6, 12, 56)
+
+#: GroupNorm groups of the DeepLab head (fixed in detectron2).
+DEEPLAB_GN_GROUPS: int = 32
 
 _MODEL_ZOO_PAGE = "https://github.com/facebookresearch/detectron2/blob/main/projects/DensePose/doc/DENSEPOSE_CSE.md"
 
@@ -168,7 +201,7 @@ _BLOCKS_PER_DEPTH: dict[int, tuple[int, int, int, int]] = {
 # ----------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class CSEConfig:
-    """Architecture and preprocessing of a DensePose CSE R-CNN (FPN, V1ConvX head).
+    """Architecture and preprocessing of a DensePose CSE R-CNN (FPN, V1ConvX or DeepLab head).
 
     The defaults are the R50-FPN CSE models of the detectron2 model zoo.
 
@@ -188,6 +221,10 @@ class CSEConfig:
         decoder_channels: ``DECODER_CONV_DIMS``.
         decoder_out_channels: ``DECODER_NUM_CLASSES``.
         decoder_common_stride: ``DECODER_COMMON_STRIDE``.
+        head: ``"v1convx"`` (``DensePoseV1ConvXHead``) or ``"deeplab"``
+            (``DensePoseDeepLabHead``: ASPP, optional non-local block, GroupNorm convs).
+        deeplab_norm: ``DEEPLAB.NORM`` of the DeepLab head's convs, ``"GN"`` or ``""`` (none).
+        deeplab_nonlocal: ``DEEPLAB.NONLOCAL_ON``.
         head_convs: ``NUM_STACKED_CONVS``.
         head_channels: ``CONV_HEAD_DIM``.
         head_kernel: ``CONV_HEAD_KERNEL``.
@@ -217,6 +254,9 @@ class CSEConfig:
     decoder_channels: int = 256
     decoder_out_channels: int = 256
     decoder_common_stride: int = 4
+    head: str = "v1convx"
+    deeplab_norm: str = "GN"
+    deeplab_nonlocal: bool = False
     head_convs: int = 8
     head_channels: int = 512
     head_kernel: int = 3
@@ -251,6 +291,21 @@ class CSEConfig:
             )
         if self.input_size is not None and self.input_size < 32:
             raise InputError(f"CSEConfig.input_size must be >= 32 or None, got {self.input_size}")
+        if self.head not in ("v1convx", "deeplab"):
+            raise InputError(f"CSEConfig.head must be 'v1convx' or 'deeplab', got {self.head!r}")
+        if self.deeplab_norm not in ("GN", ""):
+            raise InputError(f"CSEConfig.deeplab_norm must be 'GN' or '' (none), got {self.deeplab_norm!r}")
+        if self.head == "deeplab":
+            cin = self.decoder_out_channels if self.decoder else self.fpn_channels
+            widths = {"head input (decoder_out_channels / fpn_channels)": cin}
+            if self.deeplab_norm == "GN":
+                widths["head_channels"] = self.head_channels
+            for name, width in widths.items():
+                if width % DEEPLAB_GN_GROUPS:
+                    raise InputError(
+                        f"the DeepLab head's GroupNorm has {DEEPLAB_GN_GROUPS} groups: {name} = {width} must be a "
+                        f"multiple of {DEEPLAB_GN_GROUPS}"
+                    )
 
     @property
     def stage_blocks(self) -> tuple[int, int, int, int]:
@@ -447,6 +502,95 @@ class _V1ConvXHead(nn.Module):
         return x
 
 
+class _ConvGN(nn.Conv2d):
+    """detectron2 ``Conv2d(bias=False, norm=GroupNorm(32, cout))`` (keys ``<name>.weight``, ``<name>.norm.*``)."""
+
+    def __init__(self, cin: int, cout: int, k: int) -> None:
+        super().__init__(cin, cout, k, padding=k // 2, bias=False)
+        self.norm = nn.GroupNorm(DEEPLAB_GN_GROUPS, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(super().forward(x))
+
+
+def _branch(cin: int, cout: int, k: int, dilation: int = 1, pooled: bool = False) -> nn.Sequential:
+    """conv (no bias) + GroupNorm(32) + ReLU, after a global mean when ``pooled`` (keys ``0``/``1`` or ``1``/``2``)."""
+    layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(1)] if pooled else []
+    pad = dilation * (k // 2)
+    layers += [
+        nn.Conv2d(cin, cout, k, padding=pad, dilation=dilation, bias=False),
+        nn.GroupNorm(DEEPLAB_GN_GROUPS, cout),
+        nn.ReLU(),
+    ]
+    return nn.Sequential(*layers)
+
+
+class _ASPP(nn.Module):
+    """Atrous spatial pyramid pooling of the DensePose DeepLab head (keys ``ASPP.convs.*``, ``ASPP.project.0``)."""
+
+    def __init__(self, channels: int, rates: tuple[int, int, int] = ASPP_RATES) -> None:
+        super().__init__()
+        branches = [_branch(channels, channels, 1)]
+        branches += [_branch(channels, channels, 3, dilation=r) for r in rates]
+        branches.append(_branch(channels, channels, 1, pooled=True))
+        self.convs = nn.ModuleList(branches)
+        self.project = nn.Sequential(nn.Conv2d(len(branches) * channels, channels, 1, bias=False), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [conv(x) for conv in self.convs[:-1]]
+        pooled = self.convs[-1](x)  # (B, C, 1, 1): bilinear resizing of one value is a broadcast
+        outs.append(pooled.expand(-1, -1, x.shape[-2], x.shape[-1]))
+        return self.project(torch.cat(outs, dim=1))
+
+
+class _NonLocal(nn.Module):
+    """Embedded-Gaussian non-local block with 2x2 max-pooled keys and a GroupNorm output (keys ``NLBlock.*``)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        inner = max(1, channels // 2)
+        self.inner = inner
+        self.g = nn.Sequential(nn.Conv2d(channels, inner, 1), nn.MaxPool2d(2))
+        self.theta = nn.Conv2d(channels, inner, 1)
+        self.phi = nn.Sequential(nn.Conv2d(channels, inner, 1), nn.MaxPool2d(2))
+        self.W = nn.Sequential(nn.Conv2d(inner, channels, 1), nn.GroupNorm(DEEPLAB_GN_GROUPS, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        values = self.g(x).flatten(2).transpose(1, 2)  # (B, N', inner)
+        queries = self.theta(x).flatten(2).transpose(1, 2)  # (B, N, inner)
+        keys = self.phi(x).flatten(2)  # (B, inner, N')
+        attn = torch.softmax(queries @ keys, dim=-1)  # (B, N, N')
+        y = (attn @ values).transpose(1, 2).reshape(b, self.inner, h, w)
+        return self.W(y) + x
+
+
+class _DeepLabHead(nn.Module):
+    """DensePose ``DensePoseDeepLabHead``: ASPP, optional non-local block, stacked convs (+ GN) with ReLU."""
+
+    def __init__(self, cfg: CSEConfig, cin: int) -> None:
+        super().__init__()
+        self.ASPP = _ASPP(cin)
+        self.NLBlock = _NonLocal(cin) if cfg.deeplab_nonlocal else None
+        self.n = cfg.head_convs
+        for i in range(cfg.head_convs):
+            if cfg.deeplab_norm == "GN":
+                conv: nn.Module = _ConvGN(cin, cfg.head_channels, cfg.head_kernel)
+            else:
+                conv = nn.Conv2d(cin, cfg.head_channels, cfg.head_kernel, padding=cfg.head_kernel // 2)
+            self.add_module(f"body_conv_fcn{i + 1}", conv)
+            cin = cfg.head_channels
+        self.out_channels = cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.ASPP(x)
+        if self.NLBlock is not None:
+            x = self.NLBlock(x)
+        for i in range(self.n):
+            x = F.relu(getattr(self, f"body_conv_fcn{i + 1}")(x))
+        return x
+
+
 class _EmbeddingPredictor(nn.Module):
     def __init__(self, cfg: CSEConfig, cin: int) -> None:
         super().__init__()
@@ -471,7 +615,7 @@ class _ROIHeads(nn.Module):
         if cfg.decoder:
             self.decoder = _Decoder(cfg)
             cin = cfg.decoder_out_channels
-        self.densepose_head = _V1ConvXHead(cfg, cin)
+        self.densepose_head: nn.Module = _DeepLabHead(cfg, cin) if cfg.head == "deeplab" else _V1ConvXHead(cfg, cin)
         self.densepose_predictor = _EmbeddingPredictor(cfg, self.densepose_head.out_channels)
 
 
@@ -767,8 +911,9 @@ def config_from_state_dict(state: Mapping[str, Any], **overrides: Any) -> CSECon
     """Architecture of a detectron2 CSE checkpoint, read from its key names and shapes.
 
     Reads the blocks per stage, stem / bottleneck / output widths, groups,
-    FPN and decoder widths, the number, width and kernel of the head convs,
-    the embedding size and the deconvolution kernel. Not stored in the
+    FPN and decoder widths, the head (V1ConvX, or DeepLab with its norm and
+    non-local block), the number, width and kernel of the head convs, the
+    embedding size and the deconvolution kernel. Not stored in the
     weights and left at detectron2's defaults: ``stride_in_1x1`` (True),
     the pooler, ``up_scale`` and the preprocessing.
 
@@ -808,6 +953,7 @@ def config_from_state_dict(state: Mapping[str, Any], **overrides: Any) -> CSECon
     groups = width // shape("backbone.bottom_up.res2.0.conv2.weight")[1]
     decoder = "roi_heads.decoder.predictor.weight" in state
     fcn1 = shape("roi_heads.densepose_head.body_conv_fcn1.weight")
+    deeplab = "roi_heads.densepose_head.ASPP.project.0.weight" in state
     embed = shape("roi_heads.densepose_predictor.embed_lowres.weight")
     segm = shape("roi_heads.densepose_predictor.coarse_segm_lowres.weight")
     kw: dict[str, Any] = dict(
@@ -818,6 +964,9 @@ def config_from_state_dict(state: Mapping[str, Any], **overrides: Any) -> CSECon
         res2_out_channels=shape("backbone.bottom_up.res2.0.conv3.weight")[0],
         fpn_channels=shape("backbone.fpn_lateral2.weight")[0],
         decoder=decoder,
+        head="deeplab" if deeplab else "v1convx",
+        deeplab_norm="GN" if not deeplab or "roi_heads.densepose_head.body_conv_fcn1.norm.weight" in state else "",
+        deeplab_nonlocal="roi_heads.densepose_head.NLBlock.theta.weight" in state,
         head_convs=head_convs,
         head_channels=fcn1[0],
         head_kernel=fcn1[-1],
