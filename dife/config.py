@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from dife.checks import check_number
 from dife.errors import CheckpointError, InputError, UnknownDomainError
 
 __all__ = ["DIFEConfig", "PAPER_DOMAINS"]
@@ -35,9 +35,7 @@ def check_spatial_prior(value: Any, what: str = "spatial_prior", error: type[Exc
     Raises:
         InputError: (or ``error``) when the value is not a finite number >= 0.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise error(f"{what} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return check_number(value, what, minimum=0, error=error)
 
 
 @dataclass

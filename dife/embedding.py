@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dife.checks import check_device, check_positive_int, is_int
 from dife.config import DIFEConfig
 from dife.coords import CropTransform, check_points_inside, grid_to_normalized, square_crop
 from dife.errors import InputError, KeypointError, ShapeError
@@ -347,7 +348,7 @@ class Embedding:
 
     # -- coordinates
     def _index(self, i: int) -> int:
-        if not isinstance(i, (int, np.integer)) or isinstance(i, bool) or not -len(self) <= int(i) < len(self):
+        if not is_int(i) or not -len(self) <= int(i) < len(self):
             raise InputError(f"image index {i!r} out of range for an Embedding of {len(self)} images")
         return int(i) % len(self)
 
@@ -464,16 +465,12 @@ def embed(
         ImageError, ShapeError, InputError: for unreadable images, bad boxes
             or arguments (messages name the image index and the bad value).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive_int(batch_size, "batch_size")
     net = _resolve(model)
     sources, batched = split_images(images)
     n = len(sources)
     boxes = normalize_boxes(box, n)
-    try:
-        dev = torch.device(device) if device is not None else net.device
-    except (RuntimeError, TypeError) as e:
-        raise InputError(f"invalid device {device!r}: {e}") from None
+    dev = check_device(device) or net.device
     if dev != net.device and not (dev.type == net.device.type and dev.index is None):
         net = copy.deepcopy(net).to(dev)
     dtype = next(net.parameters()).dtype

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from dife.checks import check_int, check_positive_int
 from dife.errors import InputError, ModelNotFoundError, UnknownDomainError
 
 __all__ = ["ANNOTATIONS_FILE", "SCALE", "Annotation", "TransferError", "read_annotations", "keypoint_transfer_error"]
@@ -196,10 +197,8 @@ def keypoint_transfer_error(
     """
     from dife.transfer import transfer_keypoints
 
-    if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1:
-        raise InputError(f"pairs must be a positive int, got {pairs!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InputError(f"seed must be an int, got {seed!r}")
+    check_positive_int(pairs, "pairs")
+    check_int(seed, "seed")
     records = read_annotations(folder)
     by_species: dict[str, list[Annotation]] = {}
     for rec in records:
