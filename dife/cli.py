@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "build_parser", "parse_points", "parse_box"]
+__all__ = ["main", "build_parser", "parse_points", "parse_box", "check_outputs"]
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -180,12 +180,6 @@ def check_outputs(outputs: Sequence[tuple[str, str | os.PathLike[str] | None]], 
         seen[key] = option
         result.append(out)
     return result
-
-
-def _check_output(output: str | None, inputs: Sequence[Any], option: str = "-o") -> Path | None:
-    """[check_outputs][dife.cli.check_outputs] for one output."""
-    out = check_outputs([(option, output)], inputs)
-    return out[0] if out else None
 
 
 def _builtin_assets() -> tuple[str, ...]:
@@ -396,9 +390,7 @@ def cmd_overlay(args: argparse.Namespace) -> int:
 
     asset_files = [] if args.asset in _builtin_assets() else [args.asset, str(Path(args.asset).with_suffix(".json"))]
     inputs = [args.image, *asset_files, args.points_file, args.reference, args.reference_points]
-    out = _check_output(args.output, [*inputs, *_model_inputs(args.model)])
-    if out is None:
-        raise CLIError("give -o OUT.png")
+    (out,) = check_outputs([("-o", args.output)], [*inputs, *_model_inputs(args.model)])
     asset = load_asset(args.asset)
     names = list(asset.anchors)
     kwargs: dict[str, Any] = {}

@@ -144,7 +144,7 @@ def square_crop(width: int, height: int, size: int, box: Sequence[float] | None 
 
     Raises:
         InputError: for an empty image, a degenerate / non-overlapping box, or
-            a box wider or taller than [MAX_BOX_SCALE][dife.coords.MAX_BOX_SCALE]
+            a box wider or taller than `dife.coords.MAX_BOX_SCALE`
             times the image's longer side.
     """
     if width <= 0 or height <= 0:

@@ -7,10 +7,18 @@ float32 CPU tensor of shape (3, H, W) with values in [0, 1]. Accepted inputs:
   read; the EXIF orientation tag is applied (:func:`PIL.ImageOps.exif_transpose`),
   so keypoints refer to the image as viewers display it;
 * a :class:`PIL.Image.Image` of any mode, taken as stored (no EXIF rotation:
-  the caller already holds the pixels it sees);
+  the caller already holds the pixels it sees); 16-bit grayscale is divided by
+  65535; 32-bit integer (mode ``"I"``) images are read as 8-bit data when all
+  values are <= 255, as 16-bit when <= 65535, else as 31-bit;
 * a numpy array: (H, W, 3) or (H, W, 4) RGB(A), (H, W, 1) or (H, W) grayscale,
   either ``uint8`` (0..255) or float (values in [0, 1]);
 * a torch tensor (3, H, W) or (1, H, W) (no alpha), float in [0, 1] or ``uint8``.
+
+Only regular files are opened: a FIFO, a socket or a device is refused at
+once (reading one would block forever). A JPEG that decodes but whose marker
+structure is broken (cut short, or bytes written over its data) gives a
+[DIFEWarning][dife.errors.DIFEWarning]; one that Pillow cannot decode is an
+[ImageError][dife.errors.ImageError].
 
 Transparency is composited **on black** (colour multiplied by alpha), the same
 black that fills crop regions outside the image.
@@ -97,10 +105,11 @@ def _from_numpy(a: np.ndarray, what: str) -> torch.Tensor:
             hint = "; numpy images are (H, W, C): use array.transpose(1, 2, 0) for (C, H, W) data"
         raise ShapeError(f"{what}: a numpy image must have shape (H, W), (H, W, 3) or (H, W, 4), got {a.shape}{hint}")
     _check_size(a.shape[1], a.shape[0], what)
+    # (C, H, W) contiguous before the float copy: one full-size float32 image, not two.
     if a.dtype == np.uint8:
-        x = torch.from_numpy(np.array(a, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
+        x = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).to(torch.float32).div_(255.0)
     elif a.dtype.kind == "f":
-        x = _from_float(torch.from_numpy(np.array(a, dtype=np.float32)).permute(2, 0, 1), what)
+        x = _from_float(torch.from_numpy(np.array(a.transpose(2, 0, 1), dtype=np.float32, order="C")), what)
     else:
         raise ImageError(f"{what}: numpy images must be uint8 (0..255) or float (0..1), got dtype {a.dtype}")
     return _composite(x)
@@ -161,7 +170,7 @@ def _from_pil(im: Any, what: str) -> torch.Tensor:
 _JPEG_SEGMENT_MARKERS = frozenset(range(0xC0, 0xFF)) - {0xD8} - set(range(0xD0, 0xD8)) | {0x01}
 
 
-def jpeg_problem(data: bytes) -> str | None:
+def _jpeg_problem(data: bytes) -> str | None:
     """Walk the marker structure of JPEG bytes; say what is wrong, or ``None`` when it looks whole.
 
     Checks the start and end-of-image markers, every segment length, and that
@@ -225,9 +234,9 @@ def jpeg_problem(data: bytes) -> str | None:
 
 
 def _warn_if_corrupt_jpeg(path: Path, what: str) -> None:
-    """Warn (``DIFEWarning``) when a JPEG that Pillow decoded has a broken structure (see :func:`jpeg_problem`)."""
+    """Warn (``DIFEWarning``) when a JPEG that Pillow decoded has a broken structure (see `_jpeg_problem`)."""
     try:
-        problem = jpeg_problem(path.read_bytes())
+        problem = _jpeg_problem(path.read_bytes())
     except OSError:  # pragma: no cover - it was just read by Pillow
         return
     if problem is not None:
@@ -285,9 +294,11 @@ def load_image(image: ImageLike, *, what: str = "image") -> torch.Tensor:
         composited on black; grayscale is repeated over the 3 channels.
 
     Raises:
-        ImageError: missing / unreadable / corrupt file, empty image, image
-            larger than :data:`MAX_PIXELS`, unsupported dtype, NaN values or
-            float values outside [0, 1] (beyond a 1e-3 tolerance).
+        ImageError: missing / unreadable / corrupt file, a path that is not a
+            regular file (FIFO, device), empty image, image larger than
+            `dife.images.MAX_PIXELS`, unsupported dtype, NaN values,
+            float values outside [0, 1] (beyond a 1e-3 tolerance) or a negative
+            32-bit integer image.
         ShapeError: an array or tensor of the wrong shape (named in the message).
         InputError: an object of an unsupported type.
     """

@@ -54,7 +54,7 @@ from dife._timm import (
     load_lite0_state_dict,
 )
 from dife.checks import check_device, check_int, check_positive_int
-from dife.config import check_spatial_prior
+from dife.config import MAX_INPUT_SIZE, check_spatial_prior
 from dife.errors import CheckpointError, InputError, ModelNotFoundError, ShapeError
 
 if TYPE_CHECKING:
@@ -288,9 +288,9 @@ class FeatureNNMethod(BaseMethod):
     ) -> None:
         import torch
 
-        for key, val, lo in (("grid", grid, 2), ("batch_size", batch_size, 1)):
-            check_int(val, key, minimum=lo)
-        check_int(input_size, "input_size", minimum=8, allow_none=True)
+        check_int(grid, "grid", minimum=2, maximum=MAX_INPUT_SIZE)
+        check_positive_int(batch_size, "batch_size")
+        check_int(input_size, "input_size", minimum=8, maximum=MAX_INPUT_SIZE, allow_none=True)
         self.device = check_device(device) or torch.device("cpu")
         self.backbone = backbone.to(self.device) if hasattr(backbone, "to") else backbone
         if hasattr(self.backbone, "eval"):
