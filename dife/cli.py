@@ -706,7 +706,14 @@ class _Terminated(BaseException):
     """Raised in the main thread on SIGTERM, so that ``finally`` blocks (temporary files) run."""
 
 
+_MAIN_PID = os.getpid()
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked child (e.g. a data-loader worker): die the default way
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise _Terminated()
 
 
@@ -716,8 +723,10 @@ def _on_sigterm_raise() -> Any:
     Without this, ``kill PID`` ends the process at once and an atomic write
     leaves its temporary file behind (SIGINT already raises KeyboardInterrupt).
     """
+    global _MAIN_PID
     if threading.current_thread() is not threading.main_thread():
         return None
+    _MAIN_PID = os.getpid()
     try:
         return signal.signal(signal.SIGTERM, _raise_terminated)
     except (ValueError, OSError):  # pragma: no cover - no signals here
