@@ -105,9 +105,13 @@ def _from_numpy(a: np.ndarray, what: str) -> torch.Tensor:
             hint = "; numpy images are (H, W, C): use array.transpose(1, 2, 0) for (C, H, W) data"
         raise ShapeError(f"{what}: a numpy image must have shape (H, W), (H, W, 3) or (H, W, 4), got {a.shape}{hint}")
     _check_size(a.shape[1], a.shape[0], what)
-    # (C, H, W) contiguous before the float copy: one full-size float32 image, not two.
+    # Written straight into a contiguous (C, H, W) float32 tensor: one full-size copy, not two.
     if a.dtype == np.uint8:
-        x = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).to(torch.float32).div_(255.0)
+        x = torch.empty((a.shape[2], a.shape[0], a.shape[1]), dtype=torch.float32)
+        with warnings.catch_warnings():  # a read-only array (e.g. from PIL) is only read here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            src = torch.from_numpy(np.ascontiguousarray(a))
+        x.copy_(src.permute(2, 0, 1)).div_(255.0)
     elif a.dtype.kind == "f":
         x = _from_float(torch.from_numpy(np.array(a.transpose(2, 0, 1), dtype=np.float32, order="C")), what)
     else:
@@ -266,7 +270,8 @@ def _from_path(path: Path, what: str) -> torch.Tensor:
                     im.load()
                     if im.format == "JPEG":
                         _warn_if_corrupt_jpeg(path, what)
-                    im = ImageOps.exif_transpose(im)
+                    if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation; exif_transpose would copy anyway
+                        im = ImageOps.exif_transpose(im)
                 except Image.DecompressionBombError as e:
                     raise ImageError(f"{what} is too large to decode safely: {e}") from None
                 except (OSError, ValueError, SyntaxError) as e:
