@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     "UnknownDomainError": "dife.errors",
     "CheckpointError": "dife.errors",
     "ModelNotFoundError": "dife.errors",
+    "DIFEWarning": "dife.errors",
     # coordinates and images
     "CropTransform": "dife.coords",
     "square_crop": "dife.coords",
@@ -73,6 +74,7 @@ __all__ = [
     "DIFE",
     "DIFEConfig",
     "DIFEError",
+    "DIFEWarning",
     "DenseCorrespondence",
     "Detection",
     "Embedding",
@@ -121,6 +123,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from dife.errors import (
         CheckpointError,
         DIFEError,
+        DIFEWarning,
         ImageError,
         InputError,
         KeypointError,

@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "build_parser", "parse_points", "parse_box"]
+__all__ = ["main", "build_parser", "parse_points", "parse_box", "check_outputs"]
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+
+#: Largest accepted ``--points-file`` / ``--reference-points`` (keypoint files are a few KB).
+MAX_POINTS_FILE_BYTES = 16 * 1024 * 1024
 
 
 class CLIError(Exception):
@@ -74,14 +81,21 @@ def read_points_file(path: str) -> tuple[list[list[float]], list[str] | None]:
     Returns:
         The points and their names (``None`` when unnamed).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"points file not found: {path}")
-    text = p.read_text(encoding="utf-8")
+    from dife.checks import check_regular_file
+
+    p = check_regular_file(path, "points file", max_bytes=MAX_POINTS_FILE_BYTES, error=CLIError)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CLIError(
+            f"points file {path} is not a text file (byte {e.start} is not UTF-8): give JSON or 'x,y' lines"
+        ) from None
+    if "\x00" in text:
+        raise CLIError(f"points file {path} is not a text file (it holds NUL bytes): give JSON or 'x,y' lines")
     if p.suffix.lower() == ".json":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             raise CLIError(f"points file {path} is not valid JSON: {e}") from None
         if isinstance(data, dict) and "keypoints" in data:
             data = data["keypoints"]
@@ -107,19 +121,78 @@ def read_points_file(path: str) -> tuple[list[list[float]], list[str] | None]:
         raise CLIError(f"points file {path}: {e}") from None
 
 
-def _check_output(output: str | None, inputs: Sequence[str]) -> Path | None:
-    if output is None:
-        return None
-    out = Path(output)
-    for src in inputs:
-        try:
-            if Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
-                raise CLIError(f"refusing to overwrite the input file {src}; choose another -o path")
-        except OSError:
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two existing paths name one file (symlinks, relative paths and hard links included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _model_inputs(model: str | None) -> list[Path]:
+    """The local files a ``--model`` argument reads (none for registry names and hub ids)."""
+    if not model:
+        return []
+    p = Path(model).expanduser()
+    if p.is_dir():
+        return [p / n for n in ("config.json", "model.safetensors", "README.md")]
+    if p.exists():
+        return [p, p.parent / "config.json"]
+    return []
+
+
+def _weights_inputs(args: argparse.Namespace) -> list[Path]:
+    """The local weight files a command reads (``--model`` and ``--detector`` folders)."""
+    return [*_model_inputs(getattr(args, "model", None)), *_model_inputs(getattr(args, "detector", None))]
+
+
+def check_outputs(outputs: Sequence[tuple[str, str | os.PathLike[str] | None]], inputs: Sequence[Any]) -> list[Path]:
+    """Refuse to write any output over any input, or two outputs to one file.
+
+    Every command calls this once, before any work, with all of its output
+    files and all of the files it reads. Two paths are the same file when
+    they name one inode: through symlinks, relative paths and hard links.
+
+    Args:
+        outputs: ``(option name, path)`` pairs; ``None`` paths are skipped.
+        inputs: Input paths (``None`` and non-path values are skipped).
+
+    Returns:
+        The output paths (as ``Path``), in order, ``None`` entries dropped.
+
+    Raises:
+        CLIError: naming the option, the output and the input it would overwrite.
+    """
+    ins = [Path(x) for x in inputs if isinstance(x, (str, os.PathLike)) and x != ""]
+    ins = [x for x in ins if x.exists()]
+    seen: dict[Path, str] = {}
+    result = []
+    for option, output in outputs:
+        if output is None:
             continue
-    if out.exists() and out.is_dir():
-        raise CLIError(f"output {output} is a directory; give a file name")
-    return out
+        out = Path(output)
+        if out.is_dir():
+            raise CLIError(f"{option} {output} is a directory; give a file name")
+        if out.exists():
+            for src in ins:
+                if _same_file(out, src):
+                    same = "" if os.path.abspath(out) == os.path.abspath(src) else f" (the same file as {output})"
+                    raise CLIError(
+                        f"refusing to write {option} {output}: it would overwrite the input file {src}{same}; "
+                        "choose another path"
+                    )
+        key = Path(os.path.abspath(out.parent.resolve() / out.name))
+        if key in seen:
+            raise CLIError(f"{option} and {seen[key]} both write to {output}; give them different paths")
+        seen[key] = option
+        result.append(out)
+    return result
+
+
+def _builtin_assets() -> tuple[str, ...]:
+    from dife.compositing import BUILTIN_ASSETS
+
+    return tuple(BUILTIN_ASSETS)
 
 
 def _save_image(img: Any, path: Path) -> None:
@@ -201,8 +274,10 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         points, names = parse_points(args.points), None
     else:
         points, names = read_points_file(args.points_file)
-    out = _check_output(args.output, [args.src, *args.tgt])
-    json_out = _check_output(args.json_output, [args.src, *args.tgt])
+    inputs = [args.src, *args.tgt, args.points_file, *_weights_inputs(args)]
+    check_outputs([("-o/--output", args.output), ("--json-output", args.json_output)], inputs)
+    out = None if args.output is None else Path(args.output)
+    json_out = None if args.json_output is None else Path(args.json_output)
     model = _load_model(args)
     src_box, tgt_box = parse_box(args.src_box), parse_box(args.tgt_box)
     pts = np.asarray(points, dtype=np.float64)
@@ -274,6 +349,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     outdir = Path(args.output) if args.output else None
     if outdir is not None and outdir.exists() and not outdir.is_dir():
         raise CLIError(f"output {outdir} exists and is not a directory")
+    pictures = [outdir / f"{Path(p).stem}_faces.png" for p in args.images] if outdir is not None else []
+    check_outputs([(f"-o {args.output}", f) for f in pictures], [*args.images, *_model_inputs(args.detector)])
     detector = load_detector(args.detector, device=args.device)
     found = detect_faces(list(args.images), species=species, min_score=args.min_score, model=detector)
     records = [
@@ -291,9 +368,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         from dife.viz import draw_boxes
 
         outdir.mkdir(parents=True, exist_ok=True)
-        for path, faces in zip(args.images, found, strict=True):
-            dest = _check_output(str(outdir / f"{Path(path).stem}_faces.png"), args.images)
-            assert dest is not None
+        for path, faces, dest in zip(args.images, found, pictures, strict=True):
             _save_image(draw_boxes(load_image(path), faces), dest)
         print(f"dife: wrote {len(args.images)} picture(s) to {outdir}", file=sys.stderr)
     return EXIT_OK
@@ -305,7 +380,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from dife._io import atomic_path
     from dife.embedding import embed
 
-    out = _check_output(args.output, args.images)
+    inputs = [*args.images, *_weights_inputs(args)]
+    rgb_dir = Path(args.rgb) if args.rgb is not None else None
+    rgb_outputs = [] if rgb_dir is None else [rgb_dir / f"{Path(p).stem}_embedding.png" for p in args.images]
+    check_outputs([("-o/--output", args.output), *((f"--rgb {args.rgb}", f) for f in rgb_outputs)], inputs)
+    if rgb_dir is not None and rgb_dir.exists() and not rgb_dir.is_dir():
+        raise CLIError(f"--rgb {rgb_dir} exists and is not a directory")
+    out = None if args.output is None else Path(args.output)
     if out is not None and out.suffix.lower() != ".npz":
         raise CLIError(f"embed writes a .npz file; got {out}")
     if out is None and args.rgb is None:
@@ -343,9 +424,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
         outdir = Path(args.rgb)
         outdir.mkdir(parents=True, exist_ok=True)
-        for i, path in enumerate(args.images):
-            dest = _check_output(str(outdir / f"{Path(path).stem}_embedding.png"), args.images)
-            assert dest is not None
+        for i, dest in enumerate(rgb_outputs):
             _save_image(Image.fromarray(embedding_to_rgb(emb, index=i)), dest)
         print(f"dife: wrote {len(args.images)} embedding image(s) to {outdir}", file=sys.stderr)
     return EXIT_OK
@@ -359,6 +438,11 @@ def cmd_parse(args: argparse.Namespace) -> int:
     outdir = Path(args.output)
     if outdir.exists() and not outdir.is_dir():
         raise CLIError(f"output {outdir} exists and is not a directory")
+    part_files = [outdir / f"{Path(p).stem}_parts.png" for p in args.images]
+    check_outputs(
+        [*((f"-o {args.output}", f) for f in part_files), ("--save-parser", args.save_parser)],
+        [*args.images, args.parser, *_weights_inputs(args)],
+    )
     model = _load_model(args)
     parser = FaceParser(n_parts=args.parts, model=model, seed=args.seed)
     if args.parser is not None:
@@ -369,11 +453,9 @@ def cmd_parse(args: argparse.Namespace) -> int:
     labels = parser.predict(args.images)
     if not isinstance(labels, list):
         labels = [labels]
-    for path, lab in _progress(
-        list(zip(args.images, labels, strict=True)), enable=len(args.images) > 1, desc="writing"
+    for path, lab, dest in _progress(
+        list(zip(args.images, labels, part_files, strict=True)), enable=len(args.images) > 1, desc="writing"
     ):
-        dest = _check_output(str(outdir / f"{Path(path).stem}_parts.png"), args.images)
-        assert dest is not None
         _save_image(draw_parts(load_image(path), lab), dest)
     if args.save_parser is not None:
         parser.save(args.save_parser)
@@ -384,9 +466,9 @@ def cmd_parse(args: argparse.Namespace) -> int:
 def cmd_overlay(args: argparse.Namespace) -> int:
     from dife.compositing import load_asset, overlay
 
-    out = _check_output(args.output, [args.image])
-    if out is None:
-        raise CLIError("give -o OUT.png")
+    asset_files = [] if args.asset in _builtin_assets() else [args.asset, str(Path(args.asset).with_suffix(".json"))]
+    inputs = [args.image, *asset_files, args.points_file, args.reference, args.reference_points]
+    (out,) = check_outputs([("-o", args.output)], [*inputs, *_weights_inputs(args)])
     asset = load_asset(args.asset)
     names = list(asset.anchors)
     kwargs: dict[str, Any] = {}
@@ -437,6 +519,9 @@ def cmd_convert_official(args: argparse.Namespace) -> int:
     outdir = Path(args.outdir)
     if outdir.exists() and outdir.resolve() == Path(args.path).resolve():
         raise CLIError("OUTDIR must differ from the checkpoint path")
+    if outdir.exists() and not outdir.is_dir():
+        raise CLIError(f"OUTDIR {outdir} exists and is not a directory")
+    check_outputs([("OUTDIR", outdir / n) for n in ("config.json", "model.safetensors", "README.md")], [args.path])
     domains = tuple(d for d in args.domains.split(",") if d) if args.domains else None
     model = load_official(args.path, domains=domains)
     model.save_pretrained(
@@ -509,6 +594,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise CLIError(f"output {out} exists and is not a directory")
+    eval_inputs = [args.data, args.split, args.weights, args.imagenet_weights, *args.method]
+    if Path(args.data).is_dir():
+        eval_inputs += [Path(args.data) / n for n in ("annotations.json", "report.md", "results.json")]
+    check_outputs([(f"-o {args.output}", out / n) for n in ("report.md", "results.json")], eval_inputs)
     method_options = {
         "stage": args.stage,
         "weights": args.weights,
@@ -727,17 +816,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     from dife.errors import DIFEError
 
+    previous = _on_sigterm_raise()
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args))
     except (CLIError, DIFEError) as e:
         print(f"dife: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("dife: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("dife: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except OSError as e:  # unreadable/unwritable paths: still one line
         print(f"dife: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that ``finally`` blocks (temporary files) run."""
+
+
+_MAIN_PID = os.getpid()
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked child (e.g. a data-loader worker): die the default way
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise _Terminated()
+
+
+def _on_sigterm_raise() -> Any:
+    """Turn SIGTERM into :class:`_Terminated` while a command runs; returns the previous handler (or ``None``).
+
+    Without this, ``kill PID`` ends the process at once and an atomic write
+    leaves its temporary file behind (SIGINT already raises KeyboardInterrupt).
+    """
+    global _MAIN_PID
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    _MAIN_PID = os.getpid()
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except (ValueError, OSError):  # pragma: no cover - no signals here
+        return None
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    """Warnings as one ``dife: warning: ...`` line on stderr."""
+    print(f"dife: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

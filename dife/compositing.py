@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dife.checks import check_number
 from dife.coords import check_points_inside
 from dife.errors import ImageError, InputError, KeypointError, ShapeError
 
@@ -389,12 +390,7 @@ def overlay(
 
     if transform not in _TRANSFORMS:
         raise InputError(f"transform must be one of {list(_TRANSFORMS)}, got {transform!r}")
-    if (
-        isinstance(opacity, bool)
-        or not isinstance(opacity, (int, float, np.number))
-        or not 0.0 <= float(opacity) <= 1.0
-    ):
-        raise InputError(f"opacity must be a number in [0, 1], got {opacity!r}")
+    check_number(opacity, "opacity", minimum=0.0, maximum=1.0, what="a number in [0, 1]")
     asset = load_asset(asset)
     if (keypoints is None) == (reference is None):
         raise InputError("give exactly one of `keypoints` (points on the image) or `reference` + `reference_keypoints`")

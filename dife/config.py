@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from dife.checks import check_int, check_number
 from dife.errors import CheckpointError, InputError, UnknownDomainError
 
-__all__ = ["DIFEConfig", "PAPER_DOMAINS"]
+__all__ = ["DIFEConfig", "PAPER_DOMAINS", "MAX_INPUT_SIZE", "MAX_WIDTH", "MAX_DOMAINS"]
 
 #: Species of the paper's released models, in the authors' converter order.
 PAPER_DOMAINS = ("human", "dog", "cat")
@@ -35,9 +35,51 @@ def check_spatial_prior(value: Any, what: str = "spatial_prior", error: type[Exc
     Raises:
         InputError: (or ``error``) when the value is not a finite number >= 0.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise error(f"{what} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return check_number(value, what, minimum=0, error=error)
+
+
+#: Largest accepted ``input_size``: the network side, in pixels (96 in the paper). The embedding of one
+#: image is ``embed_dim x input_size**2`` floats and the encoder's activations grow with its square,
+#: so a config (e.g. downloaded from the Hub) cannot ask for hundreds of GB.
+MAX_INPUT_SIZE = 1024
+#: Largest accepted channel width (``embed_dim``, ``planes_*``, ``converter_*``; 512 is the widest in the paper).
+MAX_WIDTH = 4096
+#: Largest accepted number of domains (converters).
+MAX_DOMAINS = 64
+
+# (field, minimum, maximum) of the integer fields.
+_INT_FIELDS = (
+    ("embed_dim", 1, MAX_WIDTH),
+    ("converter_dim", 0, MAX_WIDTH),
+    ("converter_hidden", 1, MAX_WIDTH),
+    ("planes_conv1", 1, MAX_WIDTH),
+    ("planes_block", 1, MAX_WIDTH),
+    ("planes_hg", 1, MAX_WIDTH),
+    ("num_blocks", 1, 64),
+    ("depth", 1, 9),
+    ("gn_groups", 1, MAX_WIDTH),
+    ("input_size", 1, MAX_INPUT_SIZE),
+)
+
+
+def _str_tuple(value: Any) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise CheckpointError(f"config field domains must be a list of species names, got {value!r:.200}")
+    for i, v in enumerate(value):
+        if not isinstance(v, str) or not v.strip():
+            raise CheckpointError(f"config field domains[{i}] must be a non-empty string, got {v!r:.200}")
+    return tuple(value)
+
+
+def _triple(value: Any, name: str, *, positive: bool) -> tuple[float, float, float]:
+    if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):  # a numpy array or a tensor
+        value = value.tolist()
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or len(value) != 3:
+        raise CheckpointError(f"config field {name} must be 3 numbers (R, G, B), got {value!r:.200}")
+    return tuple(  # type: ignore[return-value]
+        check_number(v, f"config field {name}[{i}]", positive=positive, error=CheckpointError)
+        for i, v in enumerate(value)
+    )
 
 
 @dataclass
@@ -97,19 +139,64 @@ class DIFEConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.domains = tuple(str(d) for d in self.domains)
-        self.mean = tuple(float(m) for m in self.mean)  # type: ignore[assignment]
-        self.std = tuple(float(s) for s in self.std)  # type: ignore[assignment]
+        self._validate()
+
+    def _validate(self) -> None:
+        """Check every field's type and range (see the module's limits); normalise sequences to tuples.
+
+        Raises:
+            CheckpointError: naming the first bad field and its value.
+        """
+        err = CheckpointError
+        for name, lo, hi in _INT_FIELDS:
+            setattr(
+                self, name, check_int(getattr(self, name), f"config field {name}", minimum=lo, maximum=hi, error=err)
+            )
+        self.domains = _str_tuple(self.domains)
         if len(set(self.domains)) != len(self.domains):
-            raise CheckpointError(f"duplicate domain names in config: {self.domains}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise CheckpointError(f"mean/std must be 3 values with std > 0, got {self.mean}/{self.std}")
-        for name in ("embed_dim", "planes_conv1", "planes_block", "planes_hg", "num_blocks", "depth", "input_size"):
-            if int(getattr(self, name)) <= 0:
-                raise CheckpointError(f"config field {name} must be positive, got {getattr(self, name)}")
-        self.spatial_prior = check_spatial_prior(self.spatial_prior, "config field spatial_prior", CheckpointError)
-        if self.crop not in ("center_square",):
-            raise CheckpointError(f"unknown crop rule {self.crop!r}; known: 'center_square'")
+            raise err(f"config field domains has duplicate names: {list(self.domains)}")
+        if len(self.domains) > MAX_DOMAINS:
+            raise err(f"config field domains has {len(self.domains)} names; at most {MAX_DOMAINS} are supported")
+        self.mean = _triple(self.mean, "mean", positive=False)  # type: ignore[assignment]
+        self.std = _triple(self.std, "std", positive=True)  # type: ignore[assignment]
+        widths = ["planes_conv1", "planes_block", "planes_hg"] + (["converter_hidden"] if self.converter_dim else [])
+        for name in widths:
+            if getattr(self, name) % self.gn_groups:
+                raise err(
+                    f"config field gn_groups = {self.gn_groups} does not divide {name} = {getattr(self, name)} "
+                    "(every GroupNorm needs channels divisible by its groups)"
+                )
+        self.spatial_prior = check_spatial_prior(self.spatial_prior, "config field spatial_prior", err)
+        if not isinstance(self.crop, str) or self.crop not in ("center_square",):
+            raise err(f"config field crop must be a known crop rule ('center_square'), got {self.crop!r}")
+        if not isinstance(self.extra, dict) or not all(isinstance(k, str) for k in self.extra):
+            raise err(f"config field extra must be a JSON object (a dict with string keys), got {self.extra!r:.200}")
+        try:
+            json.dumps(self.extra)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise err(f"config field extra must hold JSON values only (it is saved in config.json): {e}") from None
+
+    def check_runnable(self) -> None:
+        """Check that the network accepts its own ``input_size`` (done for every config read from a file).
+
+        ``input_size`` must be divisible by ``2 ** (depth + 1)`` (the encoder's
+        stride), and the hourglass bottom must hold more than one value per
+        GroupNorm group.
+
+        Raises:
+            CheckpointError: naming ``input_size`` / ``depth``.
+        """
+        stride = 2 ** (self.depth + 1)
+        if self.input_size % stride:
+            raise CheckpointError(
+                f"config field input_size = {self.input_size} is not divisible by 2 ** (depth + 1) = {stride} "
+                f"(depth = {self.depth}), so the network cannot run on it"
+            )
+        if (self.input_size // stride) ** 2 * (self.planes_hg // self.gn_groups) < 2:
+            raise CheckpointError(
+                f"config field input_size = {self.input_size} is too small for depth = {self.depth}: each GroupNorm "
+                "group at the hourglass bottom would hold a single value"
+            )
 
     @property
     def num_domains(self) -> int:
@@ -155,9 +242,11 @@ class DIFEConfig:
         if unknown:
             raise CheckpointError(f"unknown config keys {unknown}; known: {sorted(names)}")
         try:
-            return cls(**d)
-        except TypeError as e:
+            config = cls(**d)
+        except TypeError as e:  # pragma: no cover - every field is named above
             raise CheckpointError(f"invalid config: {e}") from None
+        config.check_runnable()
+        return config
 
     def to_json(self) -> str:
         """Pretty JSON text of :meth:`to_dict`, with a ``model_type`` tag."""

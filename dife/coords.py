@@ -39,6 +39,7 @@ import numpy as np
 from dife.errors import InputError, KeypointError, ShapeError
 
 __all__ = [
+    "MAX_BOX_SCALE",
     "CropTransform",
     "square_crop",
     "grid_to_normalized",
@@ -47,6 +48,11 @@ __all__ = [
 ]
 
 ArrayT = TypeVar("ArrayT")
+
+#: Largest accepted face box, as a multiple of the image's longer side (``dife.coords.MAX_BOX_SCALE``).
+#: A box 8x larger than the image leaves the whole image in 1/8 of the crop (12 of 96 pixels); larger
+#: boxes are mistakes (wrong units, a box of another image), and their crops would cost memory for black.
+MAX_BOX_SCALE: int = 8
 
 
 def _validate_box(box: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
@@ -61,6 +67,13 @@ def _validate_box(box: Sequence[float], width: int, height: int) -> tuple[float,
     if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
         raise InputError(
             f"box {box!r} does not overlap the {width}x{height} image (edge coordinates, image = (0, 0, {width}, {height}))"
+        )
+    side, limit = max(x1 - x0, y1 - y0), MAX_BOX_SCALE * max(width, height)
+    if side > limit:
+        raise InputError(
+            f"box {box!r} is {side:g} pixels across, more than MAX_BOX_SCALE = {MAX_BOX_SCALE} times the longer side "
+            f"of the {width}x{height} image ({limit:g} pixels): the image would fill less than 1/{MAX_BOX_SCALE} of "
+            "the crop; check the box (edge coordinates x0, y0, x1, y1 in this image's pixels)"
         )
     return x0, y0, x1, y1
 
@@ -130,7 +143,9 @@ def square_crop(width: int, height: int, size: int, box: Sequence[float] | None 
         ``min(width, height)`` without a box.
 
     Raises:
-        InputError: for an empty image or a degenerate / non-overlapping box.
+        InputError: for an empty image, a degenerate / non-overlapping box, or
+            a box wider or taller than `dife.coords.MAX_BOX_SCALE`
+            times the image's longer side.
     """
     if width <= 0 or height <= 0:
         raise InputError(f"empty image: {width}x{height}")

@@ -18,6 +18,7 @@ import threading
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from dife.checks import check_device
 from dife.errors import InputError
 
 if TYPE_CHECKING:
@@ -54,14 +55,8 @@ def _describe(name: str) -> str:
 
 
 def _device_key(device: str | torch.device | None) -> str | None:
-    if device is None:
-        return None
-    import torch
-
-    try:
-        return str(torch.device(device))
-    except (RuntimeError, TypeError) as e:
-        raise InputError(f"invalid device {device!r}: {e}") from None
+    dev = check_device(device)
+    return None if dev is None else str(dev)
 
 
 def get_default_model(device: str | torch.device | None = None) -> DIFE:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dife.checks import check_device, check_positive_int, is_int
 from dife.config import DIFEConfig
 from dife.coords import CropTransform, check_points_inside, grid_to_normalized, square_crop
 from dife.detection import IMAGE_BOX, Detection, choose_faces
@@ -110,17 +111,38 @@ def _antialias_factor(scale: float) -> int:
     return int(math.floor(scale)) if scale > 2.0 else 1
 
 
-def _window(image: torch.Tensor, x0: int, y0: int, w: int, h: int) -> torch.Tensor:
-    """Pixels ``[y0, y0 + h) x [x0, x0 + w)`` of (C, H, W) ``image``, zero (black) outside it."""
-    _, H, W = image.shape
-    if x0 >= 0 and y0 >= 0 and x0 + w <= W and y0 + h <= H:
-        return image[:, y0 : y0 + h, x0 : x0 + w]
-    out = image.new_zeros((image.shape[0], h, w))
-    sx0, sy0 = max(x0, 0), max(y0, 0)
-    sx1, sy1 = min(x0 + w, W), min(y0 + h, H)
-    if sx1 > sx0 and sy1 > sy0:
-        out[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[:, sy0:sy1, sx0:sx1]
+def _block_mean(image: torch.Tensor, x0: int, y0: int, k: int, nx: int, ny: int) -> torch.Tensor:
+    """Means of ``ny x nx`` blocks of ``k x k`` pixels of (C, H, W) ``image``, zero (black) outside it.
+
+    Block ``(i, j)`` covers pixels ``[y0 + i*k, y0 + (i+1)*k) x [x0 + j*k, x0 + (j+1)*k)``.
+    Equal to ``avg_pool2d`` of the zero-padded window, but the window is never
+    built: memory is the (C, ny, nx) result plus one pass over the pixels that
+    the blocks cover, however far the crop reaches outside the image.
+    """
+    C, H, W = image.shape
+    if x0 >= 0 and y0 >= 0 and x0 + nx * k <= W and y0 + ny * k <= H:  # inside the image: a view
+        return F.avg_pool2d(image[None, :, y0 : y0 + ny * k, x0 : x0 + nx * k], k, stride=k)[0]
+    out = image.new_zeros((C, ny, nx))
+    # Blocks that overlap the image: start < W (H) and end > 0.
+    jx0, jx1 = max(0, (-x0) // k), min(nx, -((x0 - W) // k))
+    jy0, jy1 = max(0, (-y0) // k), min(ny, -((y0 - H) // k))
+    if jx1 <= jx0 or jy1 <= jy0:
+        return out
+    px0, px1 = max(x0 + jx0 * k, 0), min(x0 + jx1 * k, W)
+    py0, py1 = max(y0 + jy0 * k, 0), min(y0 + jy1 * k, H)
+    dev = image.device
+    bx = torch.div(torch.arange(px0, px1, device=dev) - x0, k, rounding_mode="floor") - jx0
+    by = torch.div(torch.arange(py0, py1, device=dev) - y0, k, rounding_mode="floor") - jy0
+    cols = image.new_zeros((C, py1 - py0, jx1 - jx0)).index_add_(2, bx, image[:, py0:py1, px0:px1])
+    blocks = image.new_zeros((C, jy1 - jy0, jx1 - jx0)).index_add_(1, by, cols)
+    out[:, jy0:jy1, jx0:jx1] = blocks / (k * k)
     return out
+
+
+def _inside_fraction(start: int, k: int, n_blocks: int, size: int, device: torch.device) -> torch.Tensor:
+    """Fraction of each of ``n_blocks`` 1-d blocks ``[start + j*k, start + (j+1)*k)`` inside ``[0, size)``."""
+    lo = torch.arange(n_blocks, device=device, dtype=torch.float64) * k + start
+    return ((lo + k).clamp(max=size) - lo.clamp(min=0)).clamp(min=0) / k
 
 
 def _coverage(c: torch.Tensor, scale: float, n: int) -> torch.Tensor:
@@ -190,7 +212,7 @@ def resample_crop(image: torch.Tensor, transform: CropTransform) -> torch.Tensor
         y0 = math.floor(transform.top) - k
         w = math.ceil((math.ceil(transform.left + transform.side) + k - x0) / k) * k
         h = math.ceil((math.ceil(transform.top + transform.side) + k - y0) / k) * k
-        src = F.avg_pool2d(_window(image, x0, y0, w, h)[None], k, stride=k)[0]
+        src = _block_mean(image, x0, y0, k, w // k, h // k)
         # Window pixel-centre c <-> averaged pixel-centre (c + 0.5) / k - 0.5.
         xs = (px - x0 + 0.5) / k - 0.5
         ys = (py - y0 + 0.5) / k - 0.5
@@ -205,10 +227,8 @@ def resample_crop(image: torch.Tensor, transform: CropTransform) -> torch.Tensor
     if k > 1:
         # Renormalise by the in-image weight of each (averaged, interpolated)
         # sample; separable, so computed in 1-d.
-        ix = torch.arange(w, device=dev) + x0
-        iy = torch.arange(h, device=dev) + y0
-        mx = _interp1d(((ix >= 0) & (ix < W)).double().view(-1, k).mean(1), xs)
-        my = _interp1d(((iy >= 0) & (iy < H)).double().view(-1, k).mean(1), ys)
+        mx = _interp1d(_inside_fraction(x0, k, w // k, W, dev), xs)
+        my = _interp1d(_inside_fraction(y0, k, h // k, H, dev), ys)
         fx = torch.where(mx > 0, fx / mx.clamp_min(1e-12), torch.zeros_like(fx))
         fy = torch.where(my > 0, fy / my.clamp_min(1e-12), torch.zeros_like(fy))
     if not (bool((fx == 1).all()) and bool((fy == 1).all())):
@@ -388,7 +408,7 @@ class Embedding:
 
     # -- coordinates
     def _index(self, i: int) -> int:
-        if not isinstance(i, (int, np.integer)) or isinstance(i, bool) or not -len(self) <= int(i) < len(self):
+        if not is_int(i) or not -len(self) <= int(i) < len(self):
             raise InputError(f"image index {i!r} out of range for an Embedding of {len(self)} images")
         return int(i) % len(self)
 
@@ -519,17 +539,13 @@ def embed(
         ImageError, ShapeError, InputError: for unreadable images, bad boxes
             or arguments (messages name the image index and the bad value).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive_int(batch_size, "batch_size")
     net = _resolve(model)
     sources, batched = split_images(images)
     n = len(sources)
     boxes = normalize_boxes(box, n)
     points = _face_points(face_points, n)
-    try:
-        dev = torch.device(device) if device is not None else net.device
-    except (RuntimeError, TypeError) as e:
-        raise InputError(f"invalid device {device!r}: {e}") from None
+    dev = check_device(device) or net.device
     if dev != net.device and not (dev.type == net.device.type and dev.index is None):
         net = copy.deepcopy(net).to(dev)
     dtype = next(net.parameters()).dtype

@@ -17,6 +17,7 @@ __all__ = [
     "UnknownDomainError",
     "CheckpointError",
     "ModelNotFoundError",
+    "DIFEWarning",
 ]
 
 
@@ -53,3 +54,7 @@ class CheckpointError(DIFEError, ValueError):
 
 class ModelNotFoundError(DIFEError, FileNotFoundError):
     """A model name, path or hub repository could not be resolved."""
+
+
+class DIFEWarning(UserWarning):
+    """A warning issued on purpose by dife (e.g. an image that decoded but looks corrupt)."""

@@ -31,6 +31,7 @@ import torch
 
 from dife import __version__
 from dife._io import atomic_path, atomic_write
+from dife.checks import check_finite_tensors
 from dife.config import DIFEConfig
 from dife.errors import CheckpointError, DIFEError, InputError, ModelNotFoundError
 from dife.modeling.dife import DIFE
@@ -135,6 +136,7 @@ def build_model(
     with torch.device("meta"):
         model = DIFE(config)
     check_state_dict(model, state_dict, source=source, display_key=display_key)
+    check_finite_tensors(state_dict, source)  # NaN / inf weights would give NaN keypoints with no error
     tensors = {
         k: (v.float() if v.is_floating_point() and v.dtype != torch.float32 else v).contiguous()
         for k, v in state_dict.items()
@@ -166,7 +168,7 @@ def read_config(path: str | os.PathLike[str]) -> DIFEConfig:
         d = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelNotFoundError(f"{p} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{p}: not a readable JSON config ({e})") from None
     if not isinstance(d, dict):
         raise CheckpointError(f"{p}: a DIFE config must be a JSON object, got {type(d).__name__}")

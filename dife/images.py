@@ -7,10 +7,18 @@ float32 CPU tensor of shape (3, H, W) with values in [0, 1]. Accepted inputs:
   read; the EXIF orientation tag is applied (:func:`PIL.ImageOps.exif_transpose`),
   so keypoints refer to the image as viewers display it;
 * a :class:`PIL.Image.Image` of any mode, taken as stored (no EXIF rotation:
-  the caller already holds the pixels it sees);
+  the caller already holds the pixels it sees); 16-bit grayscale is divided by
+  65535; 32-bit integer (mode ``"I"``) images are read as 8-bit data when all
+  values are <= 255, as 16-bit when <= 65535, else as 31-bit;
 * a numpy array: (H, W, 3) or (H, W, 4) RGB(A), (H, W, 1) or (H, W) grayscale,
   either ``uint8`` (0..255) or float (values in [0, 1]);
 * a torch tensor (3, H, W) or (1, H, W) (no alpha), float in [0, 1] or ``uint8``.
+
+Only regular files are opened: a FIFO, a socket or a device is refused at
+once (reading one would block forever). A JPEG that decodes but whose marker
+structure is broken (cut short, or bytes written over its data) gives a
+[DIFEWarning][dife.errors.DIFEWarning]; one that Pillow cannot decode is an
+[ImageError][dife.errors.ImageError].
 
 Transparency is composited **on black** (colour multiplied by alpha), the same
 black that fills crop regions outside the image.
@@ -29,7 +37,8 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 import torch
 
-from dife.errors import ImageError, InputError, ShapeError
+from dife.checks import check_regular_file
+from dife.errors import DIFEWarning, ImageError, InputError, ShapeError
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -96,10 +105,15 @@ def _from_numpy(a: np.ndarray, what: str) -> torch.Tensor:
             hint = "; numpy images are (H, W, C): use array.transpose(1, 2, 0) for (C, H, W) data"
         raise ShapeError(f"{what}: a numpy image must have shape (H, W), (H, W, 3) or (H, W, 4), got {a.shape}{hint}")
     _check_size(a.shape[1], a.shape[0], what)
+    # Written straight into a contiguous (C, H, W) float32 tensor: one full-size copy, not two.
     if a.dtype == np.uint8:
-        x = torch.from_numpy(np.array(a, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
+        x = torch.empty((a.shape[2], a.shape[0], a.shape[1]), dtype=torch.float32)
+        with warnings.catch_warnings():  # a read-only array (e.g. from PIL) is only read here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            src = torch.from_numpy(np.ascontiguousarray(a))
+        x.copy_(src.permute(2, 0, 1)).div_(255.0)
     elif a.dtype.kind == "f":
-        x = _from_float(torch.from_numpy(np.array(a, dtype=np.float32)).permute(2, 0, 1), what)
+        x = _from_float(torch.from_numpy(np.array(a.transpose(2, 0, 1), dtype=np.float32, order="C")), what)
     else:
         raise ImageError(f"{what}: numpy images must be uint8 (0..255) or float (0..1), got dtype {a.dtype}")
     return _composite(x)
@@ -132,9 +146,17 @@ def _from_pil(im: Any, what: str) -> torch.Tensor:
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{what} could not be decoded (corrupt or truncated image): {e}") from None
     mode = im.mode
-    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit grayscale
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit grayscale
         a = np.array(im, dtype=np.float32) / 65535.0
         return _composite(torch.from_numpy(np.clip(a, 0.0, 1.0))[None])
+    if mode == "I":  # 32-bit signed integers: 8-, 16- or 31-bit data, told apart by the values
+        a = np.asarray(im)
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0:
+            raise ImageError(f"{what} is a 32-bit integer (PIL mode 'I') image with negative values (min {lo})")
+        full = 65535 if im.format == "PNG" or 255 < hi <= 65535 else 255 if hi <= 255 else 2**31 - 1
+        x = torch.from_numpy(np.array(a, dtype=np.float64) / full).to(torch.float32)
+        return _composite(x.clamp_(0.0, 1.0)[None])
     if mode == "F":
         return _composite(_from_float(torch.from_numpy(np.array(im, dtype=np.float32))[None], what))
     has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in im.info)
@@ -148,6 +170,87 @@ def _from_pil(im: Any, what: str) -> torch.Tensor:
     return _from_numpy(np.asarray(im), what)
 
 
+#: JPEG markers that may start a segment (after the start of image); the rest of 0x02..0xBF are reserved.
+_JPEG_SEGMENT_MARKERS = frozenset(range(0xC0, 0xFF)) - {0xD8} - set(range(0xD0, 0xD8)) | {0x01}
+
+
+def _jpeg_problem(data: bytes) -> str | None:
+    """Walk the marker structure of JPEG bytes; say what is wrong, or ``None`` when it looks whole.
+
+    Checks the start and end-of-image markers, every segment length, and that
+    the entropy-coded data of each scan holds only stuffed ``0xFF 0x00`` bytes
+    and restart markers before the next real marker. A truncated file (no
+    end-of-image marker) or random bytes written over the data fail it; Pillow
+    decodes many such files without a word when they are not cut short.
+    Trailing bytes after the end-of-image marker are allowed.
+
+    Args:
+        data: The whole file.
+
+    Returns:
+        A short description of the first problem (with its byte offset), or ``None``.
+    """
+    n = len(data)
+    if data[:2] != b"\xff\xd8":
+        return "no JPEG start-of-image marker"
+    truncated = "the file ends before its end-of-image marker (truncated)"
+    i = 2
+    while True:
+        if i >= n:
+            return truncated
+        if data[i] != 0xFF:
+            return f"byte 0x{data[i]:02X} at offset {i} where a marker should start"
+        while i < n and data[i] == 0xFF:  # fill bytes may precede a marker
+            i += 1
+        if i >= n:
+            return truncated
+        marker = data[i]
+        i += 1
+        if marker == 0xD9:
+            return None
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # stand-alone markers
+            continue
+        if marker not in _JPEG_SEGMENT_MARKERS:
+            return f"invalid marker 0xFF{marker:02X} at offset {i - 2}"
+        if i + 2 > n:
+            return truncated
+        length = int.from_bytes(data[i : i + 2], "big")
+        if length < 2:
+            return f"segment 0xFF{marker:02X} at offset {i - 2} has a bad length {length}"
+        if i + length > n:
+            return truncated
+        i += length
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next marker
+            while True:
+                j = data.find(b"\xff", i)
+                if j < 0:
+                    return truncated
+                k = j + 1
+                while k < n and data[k] == 0xFF:
+                    k += 1
+                if k >= n:
+                    return truncated
+                if data[k] == 0x00 or 0xD0 <= data[k] <= 0xD7:  # stuffed 0xFF or a restart marker
+                    i = k + 1
+                    continue
+                i = j
+                break
+
+
+def _warn_if_corrupt_jpeg(path: Path, what: str) -> None:
+    """Warn (``DIFEWarning``) when a JPEG that Pillow decoded has a broken structure (see `_jpeg_problem`)."""
+    try:
+        problem = _jpeg_problem(path.read_bytes())
+    except OSError:  # pragma: no cover - it was just read by Pillow
+        return
+    if problem is not None:
+        warnings.warn(
+            f"{what} decoded, but it looks corrupt or truncated ({problem}); parts of it may be grey or garbage",
+            DIFEWarning,
+            stacklevel=4,
+        )
+
+
 def _from_path(path: Path, what: str) -> torch.Tensor:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -155,6 +258,7 @@ def _from_path(path: Path, what: str) -> torch.Tensor:
         raise ImageError(f"image file not found: '{path}'")
     if path.is_dir():
         raise ImageError(f"'{path}' is a directory, not an image file")
+    check_regular_file(path, "image", error=ImageError)  # a FIFO or a device would block Pillow forever
     what = f"image '{path}'"
     with warnings.catch_warnings():
         # dife applies its own MAX_PIXELS limit below, before decoding.
@@ -164,7 +268,10 @@ def _from_path(path: Path, what: str) -> torch.Tensor:
                 _check_size(im.width, im.height, what)
                 try:
                     im.load()
-                    im = ImageOps.exif_transpose(im)
+                    if im.format == "JPEG":
+                        _warn_if_corrupt_jpeg(path, what)
+                    if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation; exif_transpose would copy anyway
+                        im = ImageOps.exif_transpose(im)
                 except Image.DecompressionBombError as e:
                     raise ImageError(f"{what} is too large to decode safely: {e}") from None
                 except (OSError, ValueError, SyntaxError) as e:
@@ -192,9 +299,11 @@ def load_image(image: ImageLike, *, what: str = "image") -> torch.Tensor:
         composited on black; grayscale is repeated over the 3 channels.
 
     Raises:
-        ImageError: missing / unreadable / corrupt file, empty image, image
-            larger than :data:`MAX_PIXELS`, unsupported dtype, NaN values or
-            float values outside [0, 1] (beyond a 1e-3 tolerance).
+        ImageError: missing / unreadable / corrupt file, a path that is not a
+            regular file (FIFO, device), empty image, image larger than
+            `dife.images.MAX_PIXELS`, unsupported dtype, NaN values,
+            float values outside [0, 1] (beyond a 1e-3 tolerance) or a negative
+            32-bit integer image.
         ShapeError: an array or tensor of the wrong shape (named in the message).
         InputError: an object of an unsupported type.
     """

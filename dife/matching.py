@@ -15,11 +15,10 @@ matrix products, which BLAS may order differently for other chunk shapes).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+from dife.checks import check_number, check_positive_int, is_int
 from dife.config import check_spatial_prior
 from dife.errors import InputError, ShapeError
 
@@ -81,9 +80,7 @@ def auto_chunk_size(num_targets: int, element_size: int = 4, budget_bytes: int =
 def _chunk_size(chunk_size: int | None, target: torch.Tensor) -> int:
     if chunk_size is None:
         return auto_chunk_size(target.shape[1] * target.shape[2], target.element_size())
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise InputError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-    return chunk_size
+    return check_positive_int(chunk_size, "chunk_size", allow_none=True)
 
 
 # --------------------------------------------------------------------- kernels
@@ -226,15 +223,9 @@ def refine_soft_argmax(
 
 
 def _check_window(window: int, temperature: float) -> None:
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
+    if not is_int(window) or window < 1 or window % 2 == 0:
         raise InputError(f"window must be an odd positive integer, got {window!r}")
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, (int, float))
-        or not math.isfinite(temperature)
-        or temperature <= 0
-    ):
-        raise InputError(f"temperature must be a positive number, got {temperature!r}")
+    check_number(temperature, "temperature", positive=True, what="a positive number")
 
 
 def match(
@@ -354,8 +345,7 @@ def mutual_nearest(
         raise ShapeError(f"src_feats must be a (C, H, W) feature map, got {_shape(src_feats)}")
     _check_points(src_pts_grid, "src_pts_grid")
     _check_points(tgt_pts_grid, "tgt_pts_grid", src_pts_grid.shape[0])
-    if isinstance(radius_px, bool) or not isinstance(radius_px, (int, float)) or not radius_px >= 0:
-        raise InputError(f"radius_px must be a non-negative number, got {radius_px!r}")
+    check_number(radius_px, "radius_px", minimum=0)
     desc = sample_descriptors(tgt_feats, tgt_pts_grid)
     back, _ = nearest_neighbors(desc.to(src_feats.device), src_feats, chunk_size=chunk_size)
     d = back.to(torch.float64) - src_pts_grid.to(device=back.device, dtype=torch.float64)

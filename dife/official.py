@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dife.checks import check_regular_file
 from dife.config import DIFEConfig
 from dife.errors import CheckpointError, InputError, ModelNotFoundError
 
@@ -331,6 +332,7 @@ def load_official(path: str | os.PathLike[str], *, domains: Iterable[str] | None
         raise ModelNotFoundError(f"checkpoint {p} does not exist")
     if p.is_dir():
         raise ModelNotFoundError(f"{p} is a directory; pass the authors' .pth file (e.g. human+dog.pth)")
+    check_regular_file(p, "checkpoint", error=CheckpointError)  # a FIFO would block torch.load forever
     state = extract_state_dict(_torch_load(p), source=str(p))
     config = infer_config(state, domains)
     config.extra = {"source": f"authors' checkpoint {p.name}", "trained": True}

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from dife._io import atomic_write
+from dife.checks import check_int, check_number
 from dife.coords import grid_to_normalized
 from dife.errors import CheckpointError, InputError, ModelNotFoundError, ShapeError
 
@@ -41,9 +42,7 @@ _FORMAT_VERSION = "1"
 
 # ---------------------------------------------------------------------- k-means
 def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return check_int(value, name, minimum=minimum)
 
 
 def _as_matrix(x: Any) -> torch.Tensor:
@@ -178,15 +177,12 @@ def kmeans(
     """
     x = _as_matrix(x)
     n = int(x.shape[0])
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= n:
-        raise InputError(f"k must be an integer with 1 <= k <= N = {n} (number of points), got {k!r}")
-    k = int(k)
+    k = check_int(k, "k", minimum=1, maximum=n, what=f"an integer with 1 <= k <= N = {n} (number of points)")
     n_iter = _check_int(n_iter, "n_iter", 1)
     n_init = _check_int(n_init, "n_init", 1)
     chunk = _check_int(chunk_size, "chunk_size", 1)
     seed = _check_int(seed, "seed", 0)
-    if not isinstance(tol, (int, float, np.floating)) or isinstance(tol, bool) or not tol >= 0:
-        raise InputError(f"tol must be a number >= 0, got {tol!r}")
+    check_number(tol, "tol", minimum=0, what="a number >= 0")
     if cosine:
         x = F.normalize(x, dim=1)
     g = torch.Generator(device="cpu").manual_seed(seed)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dife.checks import check_device, check_int, check_positive_int
 from dife.config import check_spatial_prior
 from dife.coords import CropTransform, check_points_inside
 from dife.embedding import Embedding, embed, normalize_boxes
@@ -85,10 +86,7 @@ def _resolve_model(model: Any) -> DIFE:
 def _setup(model: Any, device: Any) -> tuple[DIFE, torch.device]:
     """Resolve the model once and move a copy of it to ``device`` if needed (once per call)."""
     net = _resolve_model(model)
-    try:
-        dev = torch.device(device) if device is not None else net.device
-    except (RuntimeError, TypeError) as e:
-        raise InputError(f"invalid device {device!r}: {e}") from None
+    dev = check_device(device) or net.device
     if dev != net.device and not (dev.type == net.device.type and dev.index is None):
         try:
             net = copy.deepcopy(net).to(dev)
@@ -124,14 +122,11 @@ def _embed(
 
 
 def _check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
+    return check_positive_int(batch_size, "batch_size")
 
 
 def _check_chunk(chunk_size: Any) -> None:
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise InputError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    check_positive_int(chunk_size, "chunk_size", allow_none=True)
 
 
 def _check_prior(spatial_prior: Any, net: DIFE) -> float:
@@ -584,9 +579,7 @@ def transfer_dense(
         )
     net, _ = _setup(model, device)
     S = int(net.config.input_size)
-    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or not 1 <= stride <= S:
-        raise InputError(f"stride must be an integer in 1..{S}, got {stride!r}")
-    stride = int(stride)
+    stride = check_int(stride, "stride", minimum=1, maximum=S)
     src_boxes = normalize_boxes(src_box, 1)
     tgt_boxes = normalize_boxes(tgt_box, 1)
     with torch.no_grad():

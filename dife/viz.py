@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dife.checks import check_int, check_number, is_int
 from dife.errors import InputError, KeypointError, ShapeError
 
 if TYPE_CHECKING:
@@ -65,9 +66,7 @@ def projection_matrix(dim: int = 16) -> np.ndarray:
     (Gaussian matrix, QR decomposition, signs fixed by the diagonal of R), so
     the result is the same on every machine and in every process.
     """
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 3:
-        raise InputError(f"the descriptor dimension must be an integer >= 3, got {dim!r}")
-    dim = int(dim)
+    dim = check_int(dim, "the descriptor dimension", minimum=3)
     P = _PROJECTIONS.get(dim)
     if P is None:
         g = np.random.default_rng(0).standard_normal((dim, 3))
@@ -84,7 +83,7 @@ def _features_numpy(x: Any, index: int) -> tuple[np.ndarray, Any]:
     transform = None
     if hasattr(x, "features") and hasattr(x, "transforms"):  # an Embedding
         n = len(x.transforms)
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not -n <= index < n:
+        if not is_int(index) or not -n <= index < n:
             raise InputError(f"index {index!r} out of range for an Embedding of {n} images")
         transform = x.transforms[int(index)]
         x = x.features[int(index)]
@@ -398,8 +397,7 @@ def draw_parts(image: Any, labels: Any, *, alpha: float = 0.5) -> Image.Image:
     """
     from PIL import Image
 
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) or not 0.0 <= float(alpha) <= 1.0:
-        raise InputError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    check_number(alpha, "alpha", minimum=0.0, maximum=1.0)
     base = _to_pil(image)
     if hasattr(labels, "detach"):
         labels = labels.detach().cpu().numpy()

@@ -351,3 +351,25 @@ def test_embed_real_faces(tiny_model, faces_dir: Path) -> None:
         kps = np.array(list(records[n]["keypoints"].values()), dtype=np.float64)
         d = e.sample(kps, i)
         assert d.shape == (len(kps), e.dim) and torch.isfinite(d).all()
+
+
+def test_block_mean_equals_avg_pool_of_the_zero_padded_window():
+    """The anti-aliasing block means never build the zero-padded window, yet equal avg_pool2d of it."""
+    import torch.nn.functional as F
+
+    from dife.embedding import _block_mean
+
+    g = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        H, W, k = (int(v) for v in rng.integers(1, 40, 3))
+        nx, ny = (int(v) for v in rng.integers(1, 8, 2))
+        x0, y0 = (int(v) for v in rng.integers(-3 * k * nx, W + k, 2))
+        image = torch.rand(3, H, W, generator=g)
+        window = torch.zeros(3, ny * k, nx * k)
+        for i in range(ny * k):
+            for j in range(nx * k):
+                if 0 <= y0 + i < H and 0 <= x0 + j < W:
+                    window[:, i, j] = image[:, y0 + i, x0 + j]
+        expected = F.avg_pool2d(window[None], k, stride=k)[0]
+        torch.testing.assert_close(_block_mean(image, x0, y0, k, nx, ny), expected, rtol=1e-5, atol=1e-6)

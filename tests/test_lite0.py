@@ -123,7 +123,7 @@ def test_matches_timm_efficientnet_lite0():
         got = net(x)
         h = ref.bn1(ref.conv_stem(x))
         outs = []
-        for i, block in enumerate(ref.blocks[:6]):
+        for block in ref.blocks[:6]:
             h = block(h)
             outs.append(h)
     assert timm is not None

@@ -53,7 +53,8 @@ from dife._timm import (
     lite0_weights_path,
     load_lite0_state_dict,
 )
-from dife.config import check_spatial_prior
+from dife.checks import check_device, check_int, check_positive_int
+from dife.config import MAX_INPUT_SIZE, check_spatial_prior
 from dife.errors import CheckpointError, InputError, ModelNotFoundError, ShapeError
 
 if TYPE_CHECKING:
@@ -215,8 +216,7 @@ class DIFEMethod(BaseMethod):
         self.model = resolve_model(model)
         self.name = name or (str(model) if isinstance(model, (str, os.PathLike)) else "dife")
         self.device = device
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_positive_int(batch_size, "batch_size")
         self.batch_size = batch_size
         if scoring not in ("dife", "authors"):
             raise InputError(f"scoring must be 'dife' or 'authors', got {scoring!r}")
@@ -311,17 +311,10 @@ class FeatureNNMethod(BaseMethod):
     ) -> None:
         import torch
 
-        for key, val, lo in (("grid", grid, 2), ("batch_size", batch_size, 1)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < lo:
-                raise InputError(f"{key} must be an int >= {lo}, got {val!r}")
-        if input_size is not None and (
-            isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 8
-        ):
-            raise InputError(f"input_size must be an int >= 8 or None, got {input_size!r}")
-        try:
-            self.device = torch.device(device) if device is not None else torch.device("cpu")
-        except (RuntimeError, TypeError) as e:
-            raise InputError(f"invalid device {device!r}: {e}") from None
+        check_int(grid, "grid", minimum=2, maximum=MAX_INPUT_SIZE)
+        check_positive_int(batch_size, "batch_size")
+        check_int(input_size, "input_size", minimum=8, maximum=MAX_INPUT_SIZE, allow_none=True)
+        self.device = check_device(device) or torch.device("cpu")
         self.backbone = backbone.to(self.device) if hasattr(backbone, "to") else backbone
         if hasattr(self.backbone, "eval"):
             self.backbone.eval()
@@ -330,8 +323,7 @@ class FeatureNNMethod(BaseMethod):
         self.grid = grid
         self.batch_size = batch_size
         self.info = dict(info or {})
-        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
-            raise InputError(f"cache_size must be an int >= 0, got {cache_size!r}")
+        check_int(cache_size, "cache_size", minimum=0)
         self.cache_size = cache_size
         self._cache: OrderedDict[int, tuple[np.ndarray, torch.Tensor]] = OrderedDict()
 
@@ -474,8 +466,7 @@ def imagenet_nn(
         CheckpointError: weights that do not fit.
     """
     timm = import_timm()
-    if isinstance(stage, bool) or not isinstance(stage, int):
-        raise InputError(f"stage must be an int, got {stage!r}")
+    check_int(stage, "stage")
     full = lite0_timm_model(arch, weights)
     try:
         feat = timm.create_model(arch, pretrained=False, features_only=True, out_indices=(stage,))

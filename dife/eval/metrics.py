@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from dife.checks import check_int
 from dife.errors import InputError, ShapeError
 
 __all__ = [
@@ -199,8 +200,7 @@ def bootstrap_ci(
     Raises:
         InputError: ``n_boot`` < 0 or ``alpha`` outside (0, 1).
     """
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
-        raise InputError(f"n_boot must be an int >= 0, got {n_boot!r}")
+    check_int(n_boot, "n_boot", minimum=0)
     if not 0.0 < alpha < 1.0:
         raise InputError(f"alpha must be in (0, 1), got {alpha!r}")
     rows = [np.asarray(v, dtype=np.float64).reshape(-1) for v in values]

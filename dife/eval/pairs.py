@@ -25,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
+from dife.checks import is_int
 from dife.errors import InputError
 
 __all__ = [
@@ -198,7 +199,7 @@ def make_pairs(
     elif isinstance(counts, Mapping):
         per = {**PAPER_COUNTS, **{str(k): int(v) for k, v in counts.items()}}
     else:
-        if isinstance(counts, bool) or not isinstance(counts, (int, np.integer)):
+        if not is_int(counts):
             raise InputError(f"counts must be an int or a dict group -> int, got {counts!r}")
         per = {g: int(counts) for g in GROUP_ORDER}
     bad = {g: c for g, c in per.items() if c < 0}

@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from dife.checks import check_int
 from dife.errors import ImageError, InputError, KeypointError
 
 __all__ = [
@@ -331,8 +332,7 @@ class _CropRule:
 
     def __post_init__(self) -> None:
         size = self.size
-        if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-            raise InputError(f"size must be an int >= 8 (the crop side in pixels), got {size!r}")
+        check_int(size, "size", minimum=8, what="an integer >= 8 (the crop side in pixels)")
         if not self.margin > 0:
             raise InputError(f"margin must be positive, got {self.margin!r}")
         if not self.min_side >= 0:

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dife.checks import check_int
 from dife.coords import grid_to_normalized, normalized_to_grid
 from dife.errors import InputError, ShapeError
 
@@ -73,9 +74,7 @@ def _shape(x: object) -> object:
 
 
 def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+    return check_int(value, name, minimum=minimum)
 
 
 def _number(value: Any, name: str, lo: float = 0.0, hi: float = math.inf) -> float:

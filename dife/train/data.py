@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from dife.checks import check_int, check_positive_int, is_int
 from dife.coords import square_crop
 from dife.errors import ImageError, InputError, ShapeError, UnknownDomainError
 from dife.train.augment import Warp, color_jitter, correspondence, inside_mask, random_warp, warp_images
@@ -61,9 +62,7 @@ _PATH_COLUMNS = ("image", "path", "file", "filename")
 
 
 def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+    return check_positive_int(value, name)
 
 
 def _make_generator(generator: torch.Generator | None, seed: Any) -> torch.Generator:
@@ -71,9 +70,7 @@ def _make_generator(generator: torch.Generator | None, seed: Any) -> torch.Gener
         if not isinstance(generator, torch.Generator):
             raise InputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         return generator
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InputError(f"seed must be an int, got {seed!r}")
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(check_int(seed, "seed"))
 
 
 def _species_of_name(path: Path) -> str:
@@ -249,7 +246,7 @@ class RealFaceFolder(Dataset):
         from dife.images import load_image
 
         n = len(self)
-        if isinstance(index, bool) or not isinstance(index, int) or not -n <= index < n:
+        if not is_int(index) or not -n <= index < n:
             raise IndexError(f"index {index!r} out of range for a RealFaceFolder of {n} images")
         path = self.paths[index]
         image = load_image(path)  # ImageError names the file
@@ -375,8 +372,7 @@ class SpeciesBalancedSampler(Sampler[int]):
         )
         if generator is not None and not isinstance(generator, torch.Generator):
             raise InputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise InputError(f"seed must be an int, got {seed!r}")
+        check_int(seed, "seed")
         self.generator = generator
         self.seed = seed
         self.epoch = 0
@@ -442,8 +438,7 @@ def make_loader(
         The loader; each batch is ``{"image": (B, 3, S, S), "species": [...], "path": [...]}``.
     """
     bs = _positive_int(batch_size, "batch_size")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise InputError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    check_int(num_workers, "num_workers", minimum=0)
     if balanced:
         sampler: Sampler[int] = SpeciesBalancedSampler(
             dataset, batch_size=bs, species_weights=species_weights, num_batches=num_batches, seed=seed

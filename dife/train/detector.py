@@ -892,7 +892,7 @@ def train_detector(
             m = score_cached(det, val, val_photos)
             m["step"] = step + 1
             history.append(m)
-            log(f"  val: " + " ".join(f"{k} {v:.4f}" for k, v in m.items()))
+            log("  val: " + " ".join(f"{k} {v:.4f}" for k, v in m.items()))
             key = m["mean_iou"]
             if best is None or key > best[0]:
                 best = (key, step + 1, {k: v.detach().clone() for k, v in det.state_dict().items()})

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from dife.checks import check_positive_int
 from dife.errors import InputError, ShapeError
 
 __all__ = [
@@ -223,9 +224,7 @@ def _chunked(
 def _chunk(chunk_size: int | None, batch: int, keys: int) -> int:
     if chunk_size is None:
         return max(1, CHUNK_ELEMENTS // max(1, batch * keys))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise InputError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    return chunk_size
+    return check_positive_int(chunk_size, "chunk_size", allow_none=True)
 
 
 def _check_reduction(reduction: object) -> str:

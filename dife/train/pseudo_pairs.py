@@ -84,6 +84,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 import torch.nn.functional as F
 
+from dife.checks import check_device, check_int, is_int
 from dife.errors import DIFEError, InputError, ShapeError
 from dife.train.teachers.base import GeneratorTeacher
 
@@ -441,9 +442,7 @@ def _nonneg_float(v: object, name: str) -> float:
 
 
 def _int(v: object, name: str, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise InputError(f"{name} must be an int >= {minimum}, got {v!r}")
-    return int(v)
+    return check_int(v, name, minimum=minimum)
 
 
 def _check_student(student: object) -> None:
@@ -602,7 +601,7 @@ def synthesize_pseudo_pairs(
     source_name = None if source_domain is None else cfg.domains[cfg.domain_index(source_domain)]
     x = _check_sources(source_images)
 
-    if isinstance(layer, bool) or not isinstance(layer, int) or layer not in tuple(target_teacher.feature_layers):
+    if not is_int(layer) or layer not in tuple(target_teacher.feature_layers):
         raise InputError(
             f"layer must be one of the teacher's feature layers {tuple(target_teacher.feature_layers)}, got {layer!r}"
         )
@@ -1016,10 +1015,7 @@ class PseudoPairCache:
         unknown = sorted(set(options) - self._OPTIONS)
         if unknown:
             raise InputError(f"unknown pseudo-pair option(s) {unknown}; known: {sorted(self._OPTIONS)}")
-        try:
-            self.storage_device = torch.device(storage_device)
-        except (TypeError, RuntimeError):
-            raise InputError(f"storage_device must be a torch device, got {storage_device!r}") from None
+        self.storage_device = check_device(storage_device, "storage_device", allow_none=False)
         self.options = dict(options)
         self._entries: dict[Hashable, _Entry] = {}
         self._means: weakref.WeakKeyDictionary[object, dict[str, torch.Tensor]] = weakref.WeakKeyDictionary()

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from dife.checks import check_int, check_positive_int
 from dife.errors import InputError, ModelNotFoundError, ShapeError, UnknownDomainError
 
 __all__ = [
@@ -228,10 +229,8 @@ def keypoint_transfer_error(
     """
     from dife.transfer import transfer_keypoints
 
-    if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1:
-        raise InputError(f"pairs must be a positive int, got {pairs!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InputError(f"seed must be an int, got {seed!r}")
+    check_positive_int(pairs, "pairs")
+    check_int(seed, "seed")
     if scoring not in SCORINGS:
         raise InputError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
     records = read_annotations(folder)

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dife._timm import TimmNotInstalledError, import_timm
+from dife.checks import check_int, check_positive_int
 from dife.errors import CheckpointError, InputError, ModelNotFoundError, ShapeError
 
 __all__ = ["TimmTeacher", "TimmNotInstalledError", "load_timm_state_dict"]
@@ -154,12 +155,8 @@ class TimmTeacher(nn.Module):
         super().__init__()
         if weights is not None and pretrained:
             raise InputError("give either weights=<path> or pretrained=True, not both")
-        if isinstance(stage, bool) or not isinstance(stage, int):
-            raise InputError(f"stage must be an int index into the model's feature_info, got {stage!r}")
-        if input_size is not None and (
-            isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1
-        ):
-            raise InputError(f"input_size must be a positive int or None, got {input_size!r}")
+        check_int(stage, "stage", what="an int index into the model's feature_info")
+        check_positive_int(input_size, "input_size", allow_none=True)
         timm = import_timm()
         if not isinstance(model_name, str) or not timm.is_model(model_name.split(".")[0]):
             raise ModelNotFoundError(f"timm has no model named {model_name!r} (see timm.list_models())")
