@@ -1031,43 +1031,59 @@ def _codecs_encode(text: Any, encoding: Any = "utf-8") -> bytes:
     return text.encode("latin1")
 
 
-_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "bytearray"): bytearray,
-    ("__builtin__", "set"): set,
-    ("_codecs", "encode"): _codecs_encode,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): _np_dtype,
-}
-for _m in ("numpy.core.multiarray", "numpy._core.multiarray"):
-    _SAFE_GLOBALS[(_m, "_reconstruct")] = _np_reconstruct
-    _SAFE_GLOBALS[(_m, "scalar")] = _np_scalar
-for _m in ("numpy.core.numeric", "numpy._core.numeric"):
-    _SAFE_GLOBALS[(_m, "_frombuffer")] = _np_frombuffer
+def _safe_globals() -> dict[tuple[str, str], Any]:
+    """The globals a detectron2 model-zoo pickle may name: numpy arrays and plain containers only.
+
+    The array, dtype, scalar and bytearray builders are those of the restricted
+    unpickler of [dife.train.teachers._safe_pickle][] (no allocation from a size
+    written in the pickle, arrays rebuilt only from their data).
+    """
+    from dife.train.teachers import _safe_pickle as sp
+
+    out: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("builtins", "set"): set,
+        ("builtins", "frozenset"): frozenset,
+        ("builtins", "bytearray"): sp._bytearray,
+        ("__builtin__", "set"): set,
+        ("_codecs", "encode"): sp._codecs_encode,
+        ("numpy", "ndarray"): sp._NDArrayType,
+        ("numpy", "dtype"): sp._np_dtype,
+    }
+    for m in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        out[(m, "_reconstruct")] = sp._np_reconstruct
+        out[(m, "scalar")] = sp._np_scalar
+    for m in ("numpy.core.numeric", "numpy._core.numeric"):
+        out[(m, "_frombuffer")] = _np_frombuffer
+    return out
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only numpy array / dtype / scalar records and builtin containers."""
+def _array_unpickler(f: Any) -> Any:
+    """A bounded unpickler ([SafeUnpickler][dife.train.teachers._safe_pickle.SafeUnpickler]) for numpy-only pickles."""
+    from dife.train.teachers import _safe_pickle as sp
 
-    def find_class(self, module: str, name: str) -> Any:
-        obj = _SAFE_GLOBALS.get((module, name))
-        if obj is None:
-            raise CheckpointError(
-                f"refusing to load global {module}.{name}: a detectron2 model-zoo pickle holds only numpy "
-                "arrays and plain containers, and unpickling other objects could run arbitrary code"
-            )
-        return obj
+    allowed = _safe_globals()
 
-    def persistent_load(self, pid: Any) -> Any:
-        raise CheckpointError("the pickle uses persistent ids (a legacy torch.save file?); name it .pth")
+    class _ArrayUnpickler(sp.SafeUnpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            obj = allowed.get((module, name))
+            if obj is None:
+                raise CheckpointError(
+                    f"refusing to load global {module}.{name}: a detectron2 model-zoo pickle holds only numpy "
+                    "arrays and plain containers, and unpickling other objects could run arbitrary code"
+                )
+            return obj
+
+        def persistent_load(self, pid: Any) -> Any:
+            raise CheckpointError("the pickle uses persistent ids (a legacy torch.save file?); name it .pth")
+
+    return _ArrayUnpickler(f, encoding="latin1")
 
 
 def _read_pickle(path: Path) -> Any:
     try:
         with open(path, "rb") as f:
-            return _ArrayUnpickler(f, encoding="latin1").load()
+            return _array_unpickler(f).load()
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - corrupt pickles raise many kinds

@@ -669,8 +669,10 @@ class StyleGAN2(nn.Module):
 
 def _read_checkpoint(path: Path) -> Any:
     """torch.save files via ``torch.load(weights_only=True)``, raw pickles via the safe unpickler."""
+    from dife.checks import check_regular_file
     from dife.train.teachers import _safe_pickle
 
+    check_regular_file(path, error=CheckpointError)  # a FIFO would block is_zipfile
     if zipfile.is_zipfile(path) or _safe_pickle.is_legacy_torch_file(path):
         try:
             import argparse
