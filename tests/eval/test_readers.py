@@ -301,8 +301,9 @@ def test_face_box_and_consistency():
         read_dataset("x.json", format="ap10k", split="testing.txt")
 
 
-def test_real_faces_folder_names_are_image_side(faces_dir):
-    s = read_faces_folder(faces_dir)
+@pytest.mark.shared_data
+def test_real_faces_folder_names_are_image_side(dev_faces_dir):
+    s = read_faces_folder(dev_faces_dir)
     assert len(s) > 900
     assert all(is_image_side_consistent(x.keypoints) for x in s)
     assert {x.species for x in s} >= {"human", "dog", "cat", "horse", "sheep", "cow"}
