@@ -16,6 +16,7 @@ import csv
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -83,6 +84,16 @@ def unlabeled_dir(request: pytest.FixtureRequest) -> Path:
     return _shared_data(request, "unlabeled", "index.csv")
 
 
+# --------------------------------------------------------------------------- no network
+@pytest.fixture(autouse=True)
+def _hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches the network: the Hub client runs offline unless a test replaces it at its boundary."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
 # --------------------------------------------------------------------------- reference fixtures
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
@@ -100,9 +111,7 @@ def _textured(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.asarray(up, dtype=np.float64) + rng.normal(0, 12, size=(size, size, 3))
 
 
-def draw_face(
-    species: str, seed: int, size: int = 256
-) -> tuple[np.ndarray, dict[str, tuple[float, float]]]:
+def draw_face(species: str, seed: int, size: int = 256) -> tuple[np.ndarray, dict[str, tuple[float, float]]]:
     """A made face: a textured head on a textured background, with dark eyes, a nose and (humans) a mouth.
 
     Args:
@@ -131,16 +140,20 @@ def draw_face(
     if species == "human":
         kps["mouth_left_img"] = (cx - 0.7 * half, cy + 1.3 * half + rng.uniform(-2, 2) * s)
         kps["mouth_right_img"] = (cx + 0.7 * half, cy + 1.3 * half + rng.uniform(-2, 2) * s)
-    radius = {"eye_left_img": 0.28, "eye_right_img": 0.28, "nose": 0.22, "mouth_left_img": 0.15, "mouth_right_img": 0.15}
+    radius = {
+        "eye_left_img": 0.28,
+        "eye_right_img": 0.28,
+        "nose": 0.22,
+        "mouth_left_img": 0.15,
+        "mouth_right_img": 0.15,
+    }
     for name, (x, y) in kps.items():
         dot = (xx - x) ** 2 + (yy - y) ** 2 <= (radius[name] * half) ** 2
         img[dot] = (20, 20, 20) if name.startswith("eye") else (150, 40, 40)
     return np.clip(img, 0, 255).astype(np.uint8), {k: (float(x), float(y)) for k, (x, y) in kps.items()}
 
 
-def make_faces_folder(
-    root: Path, counts: dict[str, int] | None = None, size: int = 256
-) -> Path:
+def make_faces_folder(root: Path, counts: dict[str, int] | None = None, size: int = 256) -> Path:
     """Write a labelled folder in the faces format: ``{species}_{NNNN}.jpg`` + ``annotations.json``.
 
     Args:
@@ -161,8 +174,13 @@ def make_faces_folder(
             name = f"{species}_{i:04d}.jpg"
             Image.fromarray(image).save(root / name, quality=95)
             records.append(
-                {"image": name, "species": species, "keypoints": {k: list(v) for k, v in kps.items()},
-                 "source": "made by tests/conftest.py", "license": "CC0"}
+                {
+                    "image": name,
+                    "species": species,
+                    "keypoints": {k: list(v) for k, v in kps.items()},
+                    "source": "made by tests/conftest.py",
+                    "license": "CC0",
+                }
             )
     (root / "annotations.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
     return root

@@ -25,7 +25,6 @@ from dife.train.data import (
     pair_batch,
 )
 
-
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
 
