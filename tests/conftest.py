@@ -79,6 +79,12 @@ def dev_faces_dir(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture(scope="session")
+def dev_wild_dir(request: pytest.FixtureRequest) -> Path:
+    """The development faces as whole photos (``wild/`` of --shared-data); tests using it are marked shared_data."""
+    return _shared_data(request, "wild", "annotations.json")
+
+
+@pytest.fixture(scope="session")
 def unlabeled_dir(request: pytest.FixtureRequest) -> Path:
     """The unlabelled photo pool (``unlabeled/`` of --shared-data); tests using it are marked shared_data."""
     return _shared_data(request, "unlabeled", "index.csv")
