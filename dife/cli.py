@@ -653,7 +653,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-per-species", type=int, help="keep at most N faces per species (seeded random draw)")
     p.add_argument("--seed", type=int, default=0, help="seed of --max-per-species (default 0)")
     p.add_argument("--include", nargs="+", metavar="GLOB", help="keep only faces whose id or image path matches")
-    p.add_argument("--exclude", metavar="FILE", help="text file of face ids / image paths to leave out")
+    p.add_argument(
+        "--exclude",
+        metavar="FILE",
+        help="faces to leave out: a text file of face ids / image paths, or another pool (folder or index.csv): "
+        "every face of its photos",
+    )
     p.add_argument("--license", default="", help="terms of the source photos, written into index.csv")
     p.add_argument("--append", action="store_true", help="add to a pool written by `dife data faces`")
     p.set_defaults(func=cmd_data_faces)

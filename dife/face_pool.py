@@ -148,14 +148,24 @@ def _excluded(sample: Any, entries: set[str]) -> bool:
 
 
 def _read_list(path: str | os.PathLike[str]) -> set[str]:
+    """Entries to leave out: lines of a text file, or the source photos of a pool (its folder or index.csv)."""
     p = Path(path)
+    if p.is_dir():
+        p = p / INDEX_NAME
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"exclude list not found: {p}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read the exclude list {p}: {e}") from None
-    return {ln.split("#", 1)[0].strip().replace("\\", "/") for ln in text.splitlines()} - {""}
+    if p.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(text.splitlines()))
+        if rows and "source" not in rows[0]:
+            raise InputError(f"exclude list {p}: a CSV needs a 'source' column (the index.csv of a pool)")
+        # "dataset:photo#face" -> "photo": every face of a photo of that pool is left out
+        return {r["source"].split(":", 1)[-1].split("#", 1)[0].replace("\\", "/") for r in rows} - {""}
+    lines = (ln.strip() for ln in text.splitlines())
+    return {ln.replace("\\", "/") for ln in lines if ln and not ln.startswith("#")}  # '#' lines are comments
 
 
 def _file_prefix(species: str) -> str:
@@ -224,8 +234,10 @@ def build_face_pool(
             names it, e.g. ``net_7876/xxx.jpg``) or full image path matches one
             of these glob patterns.
         exclude: Faces to leave out (e.g. the photos of a development set): a
-            text file with one id or image path per line, or those entries
-            themselves; an entry matches a face id, or the end of an image path.
+            text file with one id or image path per line, another pool (its
+            folder or ``index.csv``: every face of its source photos), or the
+            entries themselves; an entry matches a face id, or the end of an
+            image path.
         license: Terms of the source photos, written in every row of
             ``index.csv`` (say them: the pool inherits the dataset's terms).
         append: Add to an existing pool written by this function.

@@ -163,6 +163,18 @@ def test_filters_draw_and_append(tmp_path, faces_dir):
     assert len(json.loads((out / "build.json").read_text())["builds"]) == 2
 
 
+def test_a_development_pool_holds_out_its_photos(tmp_path):
+    src = _animal_pose(tmp_path / "ap")
+    dev = build_face_pool(src, tmp_path / "dev", format="animal_pose", species=["cat"], size=256).folder
+    assert [r["source"] for r in _index(dev)] == ["animal_pose:2.png#4"]
+    pool = build_face_pool(src, tmp_path / "pool", format="animal_pose", exclude=dev, min_side=10, max_outside=0.6)
+    assert {r["source"].split("#")[0] for r in _index(pool.folder)} == {"animal_pose:1.png"}  # photo 2 held out whole
+    assert build_face_pool(src, tmp_path / "p2", format="animal_pose", exclude=dev / "index.csv").written == {"dog": 1}
+    (tmp_path / "bad.csv").write_text("image,species\na.jpg,dog\n")
+    with pytest.raises(InputError, match="'source' column"):
+        build_face_pool(src, tmp_path / "p3", format="animal_pose", exclude=tmp_path / "bad.csv")
+
+
 def test_never_over_a_users_files(tmp_path, faces_dir):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -15,7 +15,7 @@ neither torch nor timm):
 
 Example:
     >>> from dife.eval import run_eval  # doctest: +SKIP
-    >>> res = run_eval("../shared/data/faces", ["identity", "imagenet-nn"], counts=100, out="eval")  # doctest: +SKIP
+    >>> res = run_eval("dev-faces", ["identity", "imagenet-nn"], counts=100, out="eval")  # doctest: +SKIP
 """
 
 from __future__ import annotations

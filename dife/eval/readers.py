@@ -12,7 +12,7 @@ left and right swapped; sources that already use image sides (CelebA / MAFL,
 WFLW) are mapped one to one. With ``drop_inconsistent=True`` (the default) a
 face whose mapped points contradict the image-side order
 (``x(*_left_img) > x(*_right_img)``: profiles, upside-down heads, doubtful
-labels) is dropped, as in ``shared/data/faces``.
+labels) is dropped, as in the project's development faces.
 
 Names used (:data:`KEYPOINT_NAMES`)::
 
@@ -33,7 +33,7 @@ the photo, or a square smaller than ``min_side`` source pixels, are skipped.
 
 Formats:
 
-* :func:`read_faces_folder`: ``annotations.json`` + images (``shared/data/faces``);
+* :func:`read_faces_folder`: ``annotations.json`` + images (what ``dife data faces`` writes);
   the images are the crops (no re-cropping).
 * :func:`read_coco_keypoints` / :func:`read_ap10k` / :func:`read_animal_pose`:
   COCO keypoint JSON (AP-10K), and the Animal-Pose ``keypoints.json`` layout
@@ -401,7 +401,7 @@ def _xy(value: Any, where: str) -> tuple[float, float]:
 
 # --------------------------------------------------------------- faces folder
 def read_faces_folder(root: str | os.PathLike[str], *, species: Iterable[str] | None = None) -> list[FaceSample]:
-    """Read a folder in the format of ``shared/data/faces``.
+    """Read a labelled faces folder (the format ``dife data faces`` writes).
 
     ``root/annotations.json`` is a list of
     ``{"image": "dog_0001.jpg", "species": "dog", "keypoints": {"eye_left_img": [x, y], ...}}``
