@@ -1,7 +1,7 @@
 """Training-step speed of `dife.train` on a tiny configuration.
 
 Run: ``python benchmarks/train_speed.py [--steps 30] [--threads 1]``. Two
-synthetic species from the tiny 64-px StyleGAN2 fixtures in ``../shared/fixtures``
+synthetic species from the tiny 64-px StyleGAN2 fixtures in ``tests/fixtures``
 (one rosinality, one NVIDIA-ADA layout), a frozen one-conv dense teacher, a tiny
 student (32 px input, 16-plane hourglass of depth 3), batch 2 per species,
 pseudo pairs refreshed every 4 steps. Prints steps/s after two warm-up steps.
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 
 
 class ConvTeacher(nn.Module):

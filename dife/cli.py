@@ -5,7 +5,7 @@ Every sub-command prints one clear line and exits with code 2 on bad input
 file. Heavy modules (torch) are imported only once a command runs.
 
 Sub-commands: ``transfer``, ``embed``, ``parse``, ``overlay``, ``models``,
-``convert-official``, ``push``, ``train``, ``eval``.
+``convert-official``, ``push``, ``train``, ``eval``, ``data faces``.
 """
 
 from __future__ import annotations
@@ -633,6 +633,45 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------- data (dife.face_pool)
+def cmd_data_faces(args: argparse.Namespace) -> int:
+    """Cut the faces of a keypoint dataset into a pool of crops (training photos, or a labelled faces folder)."""
+    from dife.face_pool import build_face_pool
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 500 == 0:
+            print(f"dife: {done}/{total} faces", file=sys.stderr)
+
+    s = build_face_pool(
+        args.source,
+        args.output,
+        format=args.format,
+        image_dir=args.image_dir,
+        split=args.split,
+        species=args.species,
+        size=args.size,
+        margin=args.margin,
+        min_side=args.min_side,
+        max_outside=args.max_outside,
+        quality=args.quality,
+        max_per_species=args.max_per_species,
+        seed=args.seed,
+        include=args.include,
+        exclude=args.exclude,
+        license=args.license,
+        append=args.append,
+        progress=progress,
+    )
+    counts = ", ".join(f"{k} {v}" for k, v in s.written.items())
+    print(
+        f"dife: wrote {sum(s.written.values())} face crops ({counts}) to {s.folder} "
+        f"({sum(s.total.values())} in the pool; {s.read} faces read, {s.left_out} left out by the filters"
+        + (f", {len(s.unreadable)}+ unreadable images skipped, e.g. {s.unreadable[0]}" if s.unreadable else "")
+        + ")"
+    )
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------- parser
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -768,10 +807,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         default="auto",
-        choices=["auto", "faces", "ap10k", "animal_pose", "mafl", "wflw", "animalweb"],
+        choices=["auto", "faces", "ap10k", "animal_pose", "mafl", "mtfl", "wflw", "animalweb"],
         help="dataset format (default: auto = faces folder or AnimalWeb folder)",
     )
-    p.add_argument("--image-dir", help="image folder of ap10k / animal_pose / mafl / wflw annotation files")
+    p.add_argument("--image-dir", help="image folder of ap10k / animal_pose / mafl / mtfl / wflw annotation files")
     p.add_argument("--split", help="MAFL split list (e.g. testing.txt)")
     p.add_argument(
         "--method",
@@ -804,6 +843,45 @@ def build_parser() -> argparse.ArgumentParser:
         "--detector", default=None, help="face finder folder used where no box is given (default: dife-face-finder)"
     )
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("data", help="build datasets (dife data faces: face crops from a keypoint dataset)")
+    data_sub = p.add_subparsers(dest="data_command", metavar="WHAT", required=True)
+    p = data_sub.add_parser(
+        "faces",
+        help="cut the faces of a keypoint dataset into a pool of crops (index.csv + annotations.json)",
+        description="Cut every face of a keypoint dataset (Animal-Pose / AP-10K, MTFL, CelebA / MAFL, WFLW, "
+        "AnimalWeb, or a folder with annotations.json) into square crops: 2.5x the keypoints' extent, black outside "
+        "the photo. The folder trains `dife train dife_base data=OUT` and, as a labelled faces folder, "
+        "validates (dev_data=OUT) and evaluates (dife eval --data OUT).",
+    )
+    p.add_argument("source", help="the dataset: a folder, or an annotation file (with --format)")
+    p.add_argument("-o", "--output", required=True, help="the pool folder (new or empty; --append to add to one)")
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "faces", "ap10k", "animal_pose", "mafl", "mtfl", "wflw", "animalweb"],
+        help="dataset format (default: auto = a faces folder or an AnimalWeb folder)",
+    )
+    p.add_argument("--image-dir", help="image folder of ap10k / animal_pose / mafl / mtfl / wflw annotation files")
+    p.add_argument("--split", help="MAFL split list (e.g. training.txt)")
+    p.add_argument("--species", nargs="+", help="keep only these species")
+    p.add_argument("--size", type=int, default=128, help="crop side in pixels (default 128)")
+    p.add_argument("--margin", type=float, default=2.5, help="crop side / extent of the keypoints (default 2.5)")
+    p.add_argument("--min-side", type=float, default=64.0, help="skip crops smaller than this in the photo (64)")
+    p.add_argument("--max-outside", type=float, default=0.4, help="skip crops more outside the photo (0.4)")
+    p.add_argument("--quality", type=int, default=92, help="JPEG quality (default 92)")
+    p.add_argument("--max-per-species", type=int, help="keep at most N faces per species (seeded random draw)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --max-per-species (default 0)")
+    p.add_argument("--include", nargs="+", metavar="GLOB", help="keep only faces whose id or image path matches")
+    p.add_argument(
+        "--exclude",
+        metavar="FILE",
+        help="faces to leave out: a text file of face ids / image paths, or another pool (folder or index.csv): "
+        "every face of its photos",
+    )
+    p.add_argument("--license", default="", help="terms of the source photos, written into index.csv")
+    p.add_argument("--append", action="store_true", help="add to a pool written by `dife data faces`")
+    p.set_defaults(func=cmd_data_faces)
     return parser
 
 

@@ -58,7 +58,9 @@ __all__ = [
     "dife_to_official",
     "infer_config",
     "extract_state_dict",
+    "read_official",
     "load_official",
+    "official_key",
     "default_domain_names",
 ]
 
@@ -87,6 +89,7 @@ BLOCK_RULES: tuple[tuple[str, str], ...] = (
     ("downsample", "shortcut"),
 )
 
+_AUTHORS_REPO = "https://github.com/kingsj0405/DIFE"
 # Domain names of the authors' released checkpoints, by number of converters.
 _PAPER_DOMAIN_NAMES: dict[int, tuple[str, ...]] = {2: ("human", "dog"), 3: ("human", "dog", "cat")}
 
@@ -301,14 +304,58 @@ def _torch_load(path: Path) -> Any:
         ) from None
 
 
-def load_official(path: str | os.PathLike[str], *, domains: Iterable[str] | None = None) -> DIFE:
-    """Load one of the authors' released checkpoints (``human+dog.pth``...) into a :class:`~dife.modeling.DIFE`.
+def read_official(
+    path: str | os.PathLike[str], *, domains: Iterable[str] | None = None
+) -> tuple[DIFEConfig, dict[str, torch.Tensor], str]:
+    """Read one of the authors' checkpoints as a dife config and a dife-named state dict.
 
     The file is read with ``torch.load(weights_only=True)`` (never executing
-    pickled code), its keys are renamed with :data:`RENAME_RULES`, the
-    architecture is inferred from the shapes (:func:`infer_config`) and the
+    pickled code), its keys are renamed with [RENAME_RULES][dife.official.RENAME_RULES]
+    and the architecture is inferred from the shapes ([infer_config][dife.official.infer_config]).
+    The config records where the weights come from (``extra["source"]``) and
+    that their licence is not dife's (``extra["license"]`` = ``"other"``,
+    ``extra["terms"]``). Nothing is loaded into a model: see
+    [load_official][dife.official.load_official].
+
+    Args:
+        path: The ``.pth`` / ``.pt`` file.
+        domains: Converter domain names in order (default: [default_domain_names][dife.official.default_domain_names]).
+
+    Returns:
+        ``(config, state_dict, source)``: the inferred config, ``{dife key: tensor}``
+        and the file name used in messages.
+
+    Raises:
+        ModelNotFoundError: if ``path`` does not exist or is a directory.
+        CheckpointError: for a corrupt, truncated or unsafe file, or one that
+            is not an authors' DIFE checkpoint.
+        InputError: if ``domains`` does not name one domain per converter.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelNotFoundError(f"checkpoint {p} does not exist")
+    if p.is_dir():
+        raise ModelNotFoundError(f"{p} is a directory; pass the authors' .pth file (e.g. human+dog.pth)")
+    check_regular_file(p, "checkpoint", error=CheckpointError)  # a FIFO would block torch.load forever
+    state = extract_state_dict(_torch_load(p), source=str(p))
+    config = infer_config(state, domains)
+    config.extra = {
+        "source": f"authors' checkpoint {p.name}",
+        "trained": True,
+        "license": "other",
+        "terms": f"the terms of the authors' release ({_AUTHORS_REPO}); dife's MIT licence does not cover these weights",
+    }
+    return config, official_to_dife(state), str(p)
+
+
+def load_official(path: str | os.PathLike[str], *, domains: Iterable[str] | None = None) -> DIFE:
+    """Load one of the authors' released checkpoints (``human+dog.pth``...) into a [DIFE][dife.modeling.dife.DIFE].
+
+    The file is read with ``torch.load(weights_only=True)`` (never executing
+    pickled code), its keys are renamed with [RENAME_RULES][dife.official.RENAME_RULES], the
+    architecture is inferred from the shapes ([infer_config][dife.official.infer_config]) and the
     weights are loaded strictly. Encoder-only (``hg.*``) checkpoints give a
-    model without converters.
+    model without converters. The same as ``DIFE.from_official(path)``.
 
     Args:
         path: The ``.pth`` / ``.pt`` file.
@@ -325,20 +372,11 @@ def load_official(path: str | os.PathLike[str], *, domains: Iterable[str] | None
             that do not fit (names the missing / unexpected keys and the
             shape mismatches).
     """
-    from dife.hub import build_model
+    import dife
 
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ModelNotFoundError(f"checkpoint {p} does not exist")
-    if p.is_dir():
-        raise ModelNotFoundError(f"{p} is a directory; pass the authors' .pth file (e.g. human+dog.pth)")
-    check_regular_file(p, "checkpoint", error=CheckpointError)  # a FIFO would block torch.load forever
-    state = extract_state_dict(_torch_load(p), source=str(p))
-    config = infer_config(state, domains)
-    config.extra = {"source": f"authors' checkpoint {p.name}", "trained": True}
-    return build_model(config, official_to_dife(state), source=str(p), display_key=_official_name)
+    return dife.DIFE.from_official(path, domains=domains)
 
 
-def _official_name(key: str) -> str:
-    """A dife key as the authors name it (for error messages)."""
+def official_key(key: str) -> str:
+    """A dife key as the authors name it (used in error messages): ``encoder.norm1.weight`` -> ``hg.bn1.weight``."""
     return _rename_key(key, _TO_OFFICIAL, _BLOCK_TO_OFFICIAL)

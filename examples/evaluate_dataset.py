@@ -2,11 +2,12 @@
 
 Run::
 
-    python examples/evaluate_dataset.py [--data ../shared/data/faces] [--format auto] [--model NAME_OR_PATH]
+    python examples/evaluate_dataset.py [--data FACES] [--format auto] [--model NAME_OR_PATH]
                                         [--pairs 10] [--out docs/images/evaluate_dataset]
 
-Dataset layouts (``--format``; :func:`dife.eval.read_dataset` reads them all
-into face crops with image-side keypoint names):
+``--data`` defaults to the environment variable ``DIFE_DEV_DATA``. Dataset
+layouts (``--format``; :func:`dife.eval.read_dataset` reads them all into face
+crops with image-side keypoint names):
 
 ==============  ===============================================  ==============================
 format          ``--data``                                       options
@@ -34,13 +35,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import dife
 from dife.eval import DIFEMethod, evaluate, markdown_report, read_dataset, resolve_method, write_json, write_panels
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "faces"  # ../shared/data/faces beside the checkout
 DEFAULT_OUT = HERE.parent / "docs" / "images" / "evaluate_dataset"
 #: Files this script writes into ``--out`` (no pictures: panels are opt-in).
 FIGURES: tuple[str, ...] = ()
@@ -48,7 +49,11 @@ FIGURES: tuple[str, ...] = ()
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(DEFAULT_DATA), help="dataset path (see the table above)")
+    ap.add_argument(
+        "--data",
+        default=os.environ.get("DIFE_DEV_DATA"),
+        help="dataset path (see the table above; default: $DIFE_DEV_DATA)",
+    )
     ap.add_argument("--format", default="auto", help="faces, ap10k, animal_pose, mafl, wflw, animalweb or auto")
     ap.add_argument("--image-dir", default=None, help="image folder of ap10k / animal_pose / mafl / wflw files")
     ap.add_argument("--split", default=None, help="MAFL split list, e.g. testing.txt")
@@ -60,6 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
     ap.add_argument("--no-results-json", action="store_true", help="skip results.json (every pair's errors)")
     args = ap.parse_args(argv)
+    if not args.data:
+        ap.error("give --data (a labelled dataset, see the table above) or set DIFE_DEV_DATA")
     out = Path(args.out)
 
     # 1. Read the dataset: the same call for every layout, only the format and options change.

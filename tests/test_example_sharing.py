@@ -107,5 +107,5 @@ def test_push_to_hub_round_trip(load_script, tmp_path, monkeypatch, tiny_model):
     files = ["README.md", "config.json", "model.safetensors"]
     assert calls == [("create", "someone/dife-tiny", True), ("upload", "someone/dife-tiny", files)]
     card = (hub / "someone/dife-tiny" / "README.md").read_text()
-    assert "synthetic test faces" in card and "DIFE.from_pretrained('someone/dife-tiny')" in card
+    assert "synthetic test faces" in card and 'DIFE.from_pretrained("someone/dife-tiny")' in card
     assert (tmp_path / "upload" / "README.md").read_text() == card  # what was checked locally is what went up

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import huggingface_hub
 import pytest
 import torch
+import yaml
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import errors as hf_errors
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from dife.errors import CheckpointError, DIFEError, InputError, ModelNotFoundError
-from dife.hub import from_pretrained, push_to_hub, save_pretrained
+from dife.hub import from_pretrained, model_card, push_to_hub, save_pretrained
 from dife.modeling import DIFE
+from dife.official import dife_to_official
 
 FILES = {"config.json", "model.safetensors", "README.md"}
 
@@ -91,10 +96,11 @@ def test_model_card(tmp_path, tiny_model):
     )
     text = (out / "README.md").read_text()
     front, body = text.split("---\n")[1], text.split("---\n", 2)[2]
-    assert "library_name: dife" in front and 'license: "mit"' in front
-    assert '- "animals"' in front and '- "dog"' in front
+    meta = yaml.safe_load(front)
+    assert meta["library_name"] == "dife" and meta["license"] == "mit"  # nothing else recorded: the code's
+    assert {"animals", "dog"} <= set(meta["tags"])
     assert "DensePose CSE" in body and "synthetic StyleGAN2 faces" in body and "keypoint error (70 px): 4.2" in body
-    assert "DIFE.from_pretrained('someone/dife-test')" in body
+    assert 'DIFE.from_pretrained("someone/dife-test")' in body
     assert "human, dog" in body
     with pytest.raises(InputError, match="unknown model card fields"):
         save_pretrained(tiny_model, tmp_path / "bad", teacher="typo")
@@ -244,9 +250,107 @@ def test_hub_download_serves_files(monkeypatch, saved, tiny_model, x):
     assert calls == [
         ("someone/dife-test", "config.json", "v1", True),
         ("someone/dife-test", "model.safetensors", "v1", True),
+        ("someone/dife-test", "README.md", "v1", True),  # the card travels with the weights
     ]
     with torch.no_grad():
         assert torch.equal(model(x), tiny_model(x))
+    assert model.model_card == (saved / "README.md").read_text()
+
+
+@pytest.mark.parametrize("entry", ["function", "method"])
+def test_hub_arguments_are_passed_through(monkeypatch, saved, entry):
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("dife.hub._hub_unreachable", lambda: None)  # the network is there
+    seen = []
+
+    def fake(repo_id, filename, **kwargs):
+        seen.append((filename, kwargs))
+        return str(saved / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    load = from_pretrained if entry == "function" else DIFE.from_pretrained
+    model = load("someone/dife-test", revision="abc123", token="hf_x", cache_dir="/c", force_download=True)
+    assert isinstance(model, DIFE)
+    assert [f for f, _ in seen] == ["config.json", "model.safetensors", "README.md"]
+    for _, kwargs in seen:
+        assert kwargs["revision"] == "abc123" and kwargs["token"] == "hf_x" and kwargs["cache_dir"] == "/c"
+        assert kwargs["force_download"] is True and kwargs["local_files_only"] is False
+        assert kwargs["library_name"] == "dife"
+
+
+def test_a_repository_without_a_card_still_loads(monkeypatch, saved):
+    def fake(repo_id, filename, **kwargs):
+        if filename == "README.md":
+            raise hf_errors.LocalEntryNotFoundError("no card")
+        return str(saved / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    assert from_pretrained("someone/dife-test", local_files_only=True).model_card is None
+
+
+def _refuse_connections(monkeypatch) -> list:
+    """No network: every TCP connection fails at once (as without a route); returns the attempts."""
+    attempts = []
+
+    def refuse(address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return attempts
+
+
+def test_without_network_loading_fails_fast(monkeypatch, caplog):
+    attempts = _refuse_connections(monkeypatch)
+    asked = []
+    real = huggingface_hub.hf_hub_download
+
+    def spy(repo_id, filename, **kwargs):
+        asked.append((filename, kwargs["local_files_only"]))
+        return real(repo_id, filename, **kwargs)  # the real client, on an empty cache
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", spy)
+    t0 = time.perf_counter()
+    with pytest.raises(ModelNotFoundError, match="no network connection to huggingface.co:443") as info:
+        from_pretrained("someone/dife-test")
+    assert time.perf_counter() - t0 < 5.0  # not ~25 s of retries
+    assert attempts and asked == [("config.json", True)]  # the cache is tried, the network is not
+    assert "Retry" not in caplog.text
+    msg = str(info.value)
+    assert "config.json is not in the local cache" in msg and "DIFE.from_pretrained('/path/to/folder')" in msg
+    with pytest.raises(ModelNotFoundError, match="force_download needs the network"):
+        from_pretrained("someone/dife-test", force_download=True)
+
+
+def test_without_network_cached_files_load(monkeypatch, saved, tiny_model, x):
+    _refuse_connections(monkeypatch)
+
+    def cached(repo_id, filename, **kwargs):
+        assert kwargs["local_files_only"] is True
+        return str(saved / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", cached)
+    with torch.no_grad():
+        assert torch.equal(from_pretrained("someone/dife-test")(x), tiny_model(x))
+
+
+def test_probe_goes_through_the_https_proxy(monkeypatch):
+    from dife import hub
+
+    seen = []
+
+    def connect(address, timeout=None):
+        seen.append(address)
+        raise OSError(111, "Connection refused")
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert "proxy.example:3128" in hub._hub_unreachable()
+    assert seen == [("proxy.example", 3128)]
 
 
 @pytest.mark.parametrize(
@@ -310,12 +414,12 @@ def test_push_to_hub(monkeypatch, tiny_model):
     url = tiny_model.push_to_hub("someone/dife-test", private=True, commit_message="first", revision="dev")
     assert url == "https://huggingface.co/someone/dife-test"
     assert seen["create"] == ("someone/dife-test", {"exist_ok": True, "private": True})
-    assert seen["upload"] == ("someone/dife-test", {"commit_message": "first", "revision": "dev"})
+    assert seen["upload"] == ("someone/dife-test", {"commit_message": "first", "revision": "dev", "create_pr": False})
     assert seen["files"] == FILES
     assert seen["config"]["model_type"] == "dife" and seen["config"]["domains"] == ["human", "dog"]
     ours = tiny_model.state_dict()
     assert seen["tensors"].keys() == ours.keys() and all(torch.equal(seen["tensors"][k], ours[k]) for k in ours)
-    assert "library_name: dife" in seen["card"] and "DIFE.from_pretrained('someone/dife-test')" in seen["card"]
+    assert "library_name: dife" in seen["card"] and 'DIFE.from_pretrained("someone/dife-test")' in seen["card"]
     assert not seen["folder"].exists()  # the temporary folder is cleaned up
 
 
@@ -329,3 +433,87 @@ def test_push_errors(monkeypatch, tiny_model):
     assert info.value.__cause__ is None
     with pytest.raises(InputError, match="owner/name"):
         push_to_hub(tiny_model, "not a repo id")
+
+
+# --------------------------------------------------------------------------- licences, cards and provenance
+def _meta(text: str) -> dict:
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_resaving_the_packaged_model_keeps_its_card_and_licence(tmp_path):
+    import dife
+    from dife.registry import MODELS
+
+    packaged = (MODELS["dife-base"].local_dir / "README.md").read_text()
+    model = DIFE.from_pretrained("dife-base")
+    assert model.model_card == packaged and _meta(packaged)["license"] == "other"
+    out = model.save_pretrained(tmp_path / "copy")
+    assert (out / "README.md").read_text() == packaged  # the card, unchanged: licence, terms, provenance
+    again = dife.DIFE.from_pretrained(out)
+    assert again.model_card == packaged
+    assert again.save_pretrained(tmp_path / "copy2") and (tmp_path / "copy2" / "README.md").read_text() == packaged
+    assert again.config.extra["license"] == "other"  # also in config.json, without the card
+
+
+def test_new_card_fields_keep_the_licence_and_quote_the_original(tmp_path):
+    model = DIFE.from_pretrained("dife-base")
+    text = model_card(model, description="fine-tuned on my cats", training_data="my cat photos")
+    assert _meta(text)["license"] == "other"  # not silently MIT
+    assert "fine-tuned on my cats" in text and "## Provenance" in text
+    assert "non-commercial research" in text  # the original terms are quoted
+    assert _meta(model_card(model, license="cc-by-nc-4.0", description="x"))["license"] == "cc-by-nc-4.0"
+    assert model_card(model, repo_id="someone/x") == model.model_card  # where it goes is not what it is
+    model.model_card = None  # on purpose: a fresh card (the licence in config.extra still holds)
+    fresh = model_card(model, description="y")
+    assert "## Provenance" not in fresh and _meta(fresh)["license"] == "other"
+
+
+def test_licence_recorded_in_the_config_is_kept(tmp_path, tiny_config):
+    import dataclasses
+
+    model = DIFE(dataclasses.replace(tiny_config, extra={"license": "cc-by-nc-4.0", "terms": "research only"}))
+    text = (save_pretrained(model, tmp_path / "m") / "README.md").read_text()
+    assert _meta(text)["license"] == "cc-by-nc-4.0" and "**Terms.** research only" in text
+
+
+def test_pushing_a_loaded_model_uploads_its_card(monkeypatch, tmp_path):
+    uploaded = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        uploaded["card"] = (Path(folder_path) / "README.md").read_text()
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    model = DIFE.from_pretrained("dife-base")
+    model.push_to_hub("someone/dife-base-copy")
+    assert uploaded["card"] == model.model_card
+    model.push_to_hub("someone/dife-base-copy", training_data="more photos")
+    assert _meta(uploaded["card"])["license"] == "other" and "## Provenance" in uploaded["card"]
+
+
+def test_authors_weights_are_not_saved_as_mit(tmp_path, tiny_model):
+    path = tmp_path / "human+dog.pth"
+    torch.save({"state_dict": dife_to_official(tiny_model.state_dict())}, path)
+    model = DIFE.from_official(path)
+    text = (model.save_pretrained(tmp_path / "converted") / "README.md").read_text()
+    assert _meta(text)["license"] == "other" and "github.com/kingsj0405/DIFE" in text
+    assert "authors' checkpoint human+dog.pth" in text
+
+
+# --------------------------------------------------------------------------- layering
+@pytest.mark.parametrize(
+    ("module", "absent"),
+    [
+        ("dife.hub", ["dife.modeling", "dife.modeling.dife"]),
+        ("dife.official", ["dife.hub", "dife.modeling", "dife.modeling.dife"]),
+        ("dife.registry", ["dife.hub", "dife.official", "dife.modeling", "torch"]),
+    ],
+)
+def test_no_import_cycle(module, absent):
+    """modeling -> hub -> official / registry: the lower modules never import the higher ones."""
+    code = f"import sys, {module}; print(sorted(m for m in {absent!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

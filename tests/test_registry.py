@@ -112,7 +112,11 @@ def test_hub_entry_routes_to_hub(monkeypatch, tmp_path, tiny_model):
         ModelEntry(name="dife-test-hub", description="test", source="hub", repo_id="someone/dife", revision="v2"),
     )
     from_pretrained("dife-test-hub")
-    assert calls == [("someone/dife", "config.json", "v2"), ("someone/dife", "model.safetensors", "v2")]
+    assert calls == [
+        ("someone/dife", "config.json", "v2"),
+        ("someone/dife", "model.safetensors", "v2"),
+        ("someone/dife", "README.md", "v2"),
+    ]
     calls.clear()
     from_pretrained("dife-test-hub", revision="v3")  # an explicit revision wins
     assert {c[2] for c in calls} == {"v3"}

@@ -16,7 +16,10 @@ def test_packages_a_trained_folder(load_script, tmp_path, tiny_model):
     state, packaged = tiny_model.state_dict(), model.state_dict()
     assert all((state[k] == packaged[k]).all() for k in state)  # the weights are copied unchanged
     card = (out / "README.md").read_text()
-    assert 'license: "other"' in card and "non-commercial research" in card
+    assert "\nlicense: other\n" in card and "non-commercial research" in card
+    assert model.config.extra["license"] == "other" and "non-commercial research" in model.config.extra["terms"]
+    assert "Provenance" not in card  # a fresh card, not the trained folder's quoted
+    assert not any(bad in card + (out / "config.json").read_text() for bad in ("../", "/work/", "/tmp/", "shared/"))
     assert "`config.spatial_prior` = 1.5" in card
     if tool.ACCURACY.is_file():  # the committed benchmark: its dife-base rows are on the card
         report = json.loads(tool.ACCURACY.read_text())

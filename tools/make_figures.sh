@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate every figure of the documentation site with the current default model.
-#   bash tools/make_figures.sh            (from anywhere; needs ../shared beside the checkout for the
-#                                          tiny StyleGAN2 fixtures and the development faces)
+#   DIFE_DEV_DATA=FACES bash tools/make_figures.sh   (from anywhere; FACES: the labelled development faces
+#                                                   that the evaluation figure is measured on)
 # Each script writes into docs/images/<script name>/ (docs/images/transfer.jpg for the home page).
 set -euo pipefail
 cd "$(dirname "$0")/.."

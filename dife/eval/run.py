@@ -2,7 +2,7 @@
 
 Example:
     >>> from dife.eval import evaluate, markdown_report, read_dataset, resolve_method  # doctest: +SKIP
-    >>> samples = read_dataset("../shared/data/faces")  # doctest: +SKIP
+    >>> samples = read_dataset("dev-faces")  # doctest: +SKIP
     >>> res, views = evaluate(samples, [resolve_method("identity")], counts=100)  # doctest: +SKIP
     >>> print(markdown_report(res))  # doctest: +SKIP
 

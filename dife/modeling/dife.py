@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING, Any
-
 import torch
 from torch import nn
 
 from dife.config import DIFEConfig
 from dife.errors import ShapeError
+from dife.hub import HubMixin
 from dife.modeling.converter import DomainConverter
 from dife.modeling.hourglass import HourglassEncoder
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 __all__ = ["DIFE"]
 
 
-class DIFE(nn.Module):
+class DIFE(HubMixin, nn.Module):
     """Dense Interspecies Face Embedding network.
 
     Tensor-level interface (stable):
@@ -32,6 +27,10 @@ class DIFE(nn.Module):
     For images, keypoints and boxes use the functions of :mod:`dife`
     (:func:`dife.embed`, :func:`dife.transfer_keypoints`...), which handle
     cropping, resizing and coordinates.
+
+    Weights: ``DIFE.from_pretrained(name_or_path)``, ``DIFE.from_official(path)``,
+    ``model.save_pretrained(folder)`` and ``model.push_to_hub(repo_id)`` come
+    from [HubMixin][dife.hub.HubMixin].
 
     Args:
         config: Architecture and preprocessing; defaults to the paper's.
@@ -113,40 +112,3 @@ class DIFE(nn.Module):
             shape = tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__
             raise ShapeError(f"convert expects a (B, {self.config.embed_dim}, H, W) embedding, got {shape}")
         return self.converters[i](e)
-
-    # ------------------------------------------------------------------ weights
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike[str] | None = None,
-        *,
-        device: str | torch.device | None = None,
-        revision: str | None = None,
-        local_files_only: bool = False,
-    ) -> DIFE:
-        """Load a model by registry name, local folder / file, or hub repo id.
-
-        See :func:`dife.hub.from_pretrained`.
-        """
-        from dife.hub import from_pretrained
-
-        return from_pretrained(name_or_path, device=device, revision=revision, local_files_only=local_files_only)
-
-    def save_pretrained(self, save_directory: str | os.PathLike[str], **card: Any) -> Path:
-        """Write ``config.json``, ``model.safetensors`` and ``README.md``; see :func:`dife.hub.save_pretrained`."""
-        from dife.hub import save_pretrained
-
-        return save_pretrained(self, save_directory, **card)
-
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        """Upload the model to the Hugging Face Hub; see :func:`dife.hub.push_to_hub`."""
-        from dife.hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
-
-    @classmethod
-    def from_official(cls, path: str | os.PathLike[str], *, domains: tuple[str, ...] | None = None) -> DIFE:
-        """Import the authors' released checkpoint; see :func:`dife.official.load_official`."""
-        from dife.official import load_official
-
-        return load_official(path, domains=domains)

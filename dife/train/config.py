@@ -12,6 +12,8 @@ Layout (every key is optional; the shipped ``paper_*`` configs set the paper's
 and the authors' values where the defaults differ, see the training guide)::
 
     output_dir: runs/human_dog
+    data: ${DIFE_DATA}       # the folder of training photos: `${data}` below (data=DIR on the command line)
+    dev_data: ${DIFE_DEV_DATA}  # a labelled folder for validation: `${dev_data}` below (dev_data=DIR)
     steps: 100000            # optimiser steps
     warmup_steps: 5000       # L_K1 + L_K2 only before this step
     batch_size: 12           # images per species per step (per process)
@@ -20,12 +22,12 @@ and the authors' values where the defaults differ, see the training guide)::
         generator: {name: stylegan2, checkpoint: checkpoints/stylegan2-ffhq-config-f.pt, truncation: 0.7, layer: 7}
       dog:
         generator: {name: stylegan2, checkpoint: checkpoints/afhqdog.pkl}
-        real: {folder: ../shared/data/unlabeled, index: index.csv}    # optional real photos too
+        real: {folder: "${data}", index: index.csv}    # optional real photos too
     dense_teacher: {name: cse, checkpoint: checkpoints/densepose_...pkl}  # or timm:<model>:<stage>, or none
     loss: {k1: 0.01, k2: 1.0, m1: 0.01, m2: 0.01}
     optim: {lr: 0.001}
     pseudo_pairs: {every: 500, steps: 100, lam: 1.0}
-    validation: {folder: ../shared/data/faces, every: 1000, pairs: 200}
+    validation: {folder: "${dev_data}", every: 1000, pairs: 200}
 
 Overrides name a key by its dotted path (``optim.lr=3e-4``,
 ``species.dog.generator.checkpoint=/data/afhqdog.pkl``) and the value is
@@ -36,6 +38,11 @@ raise [InputError][dife.errors.InputError] ([UnknownDomainError][dife.errors.Unk
 for species) naming the key.
 
 Relative paths in a config are relative to the current working directory.
+Data folders are parameters: a path may hold ``${data}`` or ``${dev_data}``,
+filled in from the keys ``data`` / ``dev_data`` when the config is loaded
+(after the overrides), and those keys may name environment variables
+(``data: ${DIFE_DATA}``); a placeholder left unfilled is a clear error when the
+run starts (:meth:`TrainConfig.validate`).
 
 This module imports neither torch nor yaml at import time.
 """
@@ -177,7 +184,7 @@ class RealConfig:
     """Real photos of one species (:class:`dife.train.data.RealFaceFolder`).
 
     Attributes:
-        folder: Folder of the images (e.g. ``../shared/data/unlabeled``).
+        folder: Folder of the images (e.g. ``"${data}"``, a pool built by ``dife data faces``).
         index: Optional index file (CSV with ``image`` and ``species``
             columns, or a text list), relative to ``folder``; without it the
             folder is listed and the species is the ``{species}_`` file prefix.
@@ -411,7 +418,8 @@ class ValidationConfig:
     """Keypoint-transfer validation on a labelled folder (``annotations.json``).
 
     Attributes:
-        folder: Labelled folder (format of ``shared/data/faces``); empty: no validation.
+        folder: Labelled folder (``annotations.json`` + face crops, the format ``dife eval`` reads;
+            e.g. ``"${dev_data}"``); empty: no validation.
         every: Validate every this many steps (and at the end).
         pairs: Cross-species image pairs per validation.
         seed: Seed of the pair sampling (the same pairs every time).
@@ -478,6 +486,12 @@ class TrainConfig:
             the pseudo pairs start, then ``max(1, batch_size // (D (D + 1)) - 1)``
             per species and as many pseudo pairs per (source, target) key.
         checkpoint_every: Steps between ``last/`` checkpoints (and at the end).
+        data: Folder of the training photos, substituted for ``${data}`` in the
+            paths of the config when it is loaded; may name an environment
+            variable (the shipped configs: ``${DIFE_DATA}``). Build one from
+            public keypoint datasets with ``dife data faces``.
+        dev_data: Labelled development folder, substituted for ``${dev_data}``
+            (the shipped configs: ``${DIFE_DEV_DATA}``).
         species: ``{name: SpeciesConfig}``, in converter order.
         model, dense_teacher, loss, optim, augment, pseudo_pairs, validation, log: Sections.
     """
@@ -493,6 +507,8 @@ class TrainConfig:
     batch_size: int = 12
     batch_mode: Literal["per_species", "total"] = "per_species"
     checkpoint_every: int = 1_000
+    data: str = ""
+    dev_data: str = ""
     species: dict[str, SpeciesConfig] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     dense_teacher: DenseTeacherConfig = field(default_factory=DenseTeacherConfig)
@@ -839,7 +855,64 @@ def load_config(
         raise InputError(f"a training config must be a YAML path, a name, a dict or a TrainConfig, got {source!r}")
     if overrides:
         config = apply_overrides(config, overrides)
-    return config
+    return _fill_data_paths(config)
+
+
+#: The data placeholders of config paths and the keys that fill them.
+_DATA_KEYS = ("data", "dev_data")
+_PLACEHOLDER = re.compile(r"\$\{(" + "|".join(_DATA_KEYS) + r")\}")
+
+
+def _fill_data_paths(config: TrainConfig) -> TrainConfig:
+    """Replace ``${data}`` / ``${dev_data}`` in every string of ``config`` by the keys' values (env vars expanded).
+
+    A key whose value is empty or names an unset environment variable leaves
+    its placeholder in place (reported by :meth:`TrainConfig.validate`).
+    """
+    values = {}
+    for key in _DATA_KEYS:
+        value = os.path.expandvars(getattr(config, key) or "")
+        if value and "$" not in value:
+            values[key] = value
+    if not values:
+        return config
+
+    def fill(obj: Any) -> Any:
+        if isinstance(obj, str):
+            return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), obj)
+        if isinstance(obj, dict):
+            return {k: fill(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [fill(v) for v in obj]
+        return obj
+
+    data = config.to_dict()
+    return config_from_dict({**fill(data), **values})
+
+
+def _unfilled_data_paths(config: TrainConfig) -> None:
+    """Raise, naming the key and how to set it, when a path still holds a data placeholder."""
+
+    def walk(obj: Any, where: str) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, _join(where, str(k)))
+        elif isinstance(obj, str) and where not in _DATA_KEYS and (m := _PLACEHOLDER.search(obj)):
+            key = m.group(1)
+            raw = getattr(config, key)
+            env = re.fullmatch(r"\$\{?(\w+)\}?", raw or "")
+            how = f"pass {key}=DIR on the command line" + (
+                f" or set the environment variable {env.group(1)}" if env else f" or set '{key}' in the config"
+            )
+            what = (
+                "the folder of training photos (`dife data faces` builds one from public keypoint datasets)"
+                if key == "data"
+                else "a labelled faces folder (annotations.json + images) for validation; validation.folder='' "
+                "trains without validation"
+            )
+            raise InputError(f"config key '{where}' is {obj!r} but '{key}' is not set: {how}; {key} is {what}")
+
+    walk(config.to_dict(), "")
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> Path:
@@ -1009,6 +1082,9 @@ def _validate(cfg: TrainConfig, *, check_paths: bool, check_teachers: bool) -> N
     dev = cfg.device.strip().lower()
     if not (dev in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", dev)):
         raise InputError(f"config key 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {cfg.device!r}")
+
+    if check_paths:
+        _unfilled_data_paths(cfg)
 
     # ---- model
     m = cfg.model
@@ -1209,7 +1285,8 @@ def _validate(cfg: TrainConfig, *, check_paths: bool, check_teachers: bool) -> N
         raise InputError(f"validation.species must name at least two species to pair, got {v.species}")
     if check_paths and v.folder and not (_resolve(v.folder) / "annotations.json").is_file():
         raise ModelNotFoundError(
-            f"validation.folder: '{v.folder}' has no annotations.json (the labelled format of shared/data/faces); "
+            f"validation.folder: '{v.folder}' has no annotations.json (the labelled faces format that `dife eval` "
+            "reads); "
             "set validation.folder='' to train without validation"
         )
 

@@ -90,7 +90,7 @@ class RealFaceFolder(Dataset):
       else ``"unknown"``.
     * ``index_file`` ending in ``.csv``: a header row with an image column
       (``image``, ``path``, ``file`` or ``filename``) and optionally
-      ``species`` (e.g. ``shared/data/unlabeled/index.csv``); other columns
+      ``species`` (e.g. the ``index.csv`` of ``dife data faces``); other columns
       are ignored.
     * any other ``index_file``: one image per line, optionally followed by a
       tab or comma and the species; blank lines and ``#`` comments skipped.

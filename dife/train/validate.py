@@ -1,6 +1,6 @@
 """Validation of a DIFE model by cross-species keypoint transfer on a labelled folder.
 
-The folder has the layout of ``shared/data/faces``: images and an
+The folder is a labelled faces folder (what ``dife data faces`` writes): images and an
 ``annotations.json`` list of records
 ``{"image": "dog_0001.jpg", "species": "dog", "keypoints": {"nose": [x, y], ...}}``
 (pixel coordinates, integer = pixel centre). For each sampled pair of images
@@ -24,7 +24,7 @@ Two scorings (``scoring``):
   ``shared/data/faces``).
 
 Example:
-    >>> res = keypoint_transfer_error(model, "../shared/data/faces", pairs=200)  # doctest: +SKIP
+    >>> res = keypoint_transfer_error(model, "dev-faces", pairs=200)  # doctest: +SKIP
     >>> res.overall, res.per_pair["human->dog"]  # doctest: +SKIP
 """
 

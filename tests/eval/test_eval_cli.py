@@ -93,9 +93,10 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
         assert "timm" in capsys.readouterr().err
 
 
-def test_eval_on_the_real_faces_folder(faces_dir, tmp_path, capsys):
+@pytest.mark.shared_data
+def test_eval_on_the_real_faces_folder(dev_faces_dir, tmp_path, capsys):
     code = main(
-        ["eval", "--data", str(faces_dir), "--protocol", "aligned", "--pairs", "10", "--bootstrap", "20"]
+        ["eval", "--data", str(dev_faces_dir), "--protocol", "aligned", "--pairs", "10", "--bootstrap", "20"]
         + ["--panels", "0", "-o", str(tmp_path / "o")]
     )
     assert code == 0

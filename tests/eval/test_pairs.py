@@ -96,10 +96,11 @@ def test_species_group_and_errors():
     assert make_pairs([]) == []
 
 
-def test_real_faces_pairs(faces_dir):
+@pytest.mark.shared_data
+def test_real_faces_pairs(dev_faces_dir):
     from dife.eval.readers import read_faces_folder
 
-    samples = read_faces_folder(faces_dir)
+    samples = read_faces_folder(dev_faces_dir)
     pairs = make_pairs(samples, counts=100, seed=0)
     c = Counter(p.group for p in pairs)
     assert all(c[g] == 100 for g in GROUP_ORDER)

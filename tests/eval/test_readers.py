@@ -21,6 +21,7 @@ from dife.eval.readers import (
     read_dataset,
     read_faces_folder,
     read_mafl,
+    read_mtfl,
     read_wflw,
 )
 
@@ -222,6 +223,41 @@ def test_mafl_celeba_landmarks_and_split(tmp_path):
         read_mafl(tmp_path / "bad.txt", tmp_path)
 
 
+# ------------------------------------------------------------------ MTFL
+def test_mtfl_lists_x_then_y_and_skip_profiles(tmp_path):
+    (tmp_path / "net_7876").mkdir()
+    (tmp_path / "lfw_5590").mkdir()
+    marks = {(60, 70): 0, (100, 72): 1, (80, 95): 2}
+    _image(tmp_path / "net_7876" / "a.png", 160, 180, marks)
+    _image(tmp_path / "lfw_5590" / "b.jpg", 160, 180)
+    (tmp_path / "training.txt").write_text(
+        # path, x1..x5, y1..y5, gender, smile, glasses, head pose (3 frontal, 1 / 5 profiles)
+        "net_7876\\a.png 60 100 80 66 96 70 72 95 115 116 1 2 2 3\n"
+        " lfw_5590\\b.jpg 60 100 80 66 96 70 72 95 115 116 2 1 2 5\n"
+        "net_7876/a.png 100 60 80 96 66 70 72 95 115 116 1 2 2 2\n"  # eyes in the wrong order: dropped
+    )
+    (s,) = read_mtfl(tmp_path / "training.txt", tmp_path, size=64)
+    assert s.id == "net_7876/a.png" and s.species == "human" and s.dataset == "mtfl"
+    assert s.keypoints == {
+        "eye_left_img": (60.0, 70.0),
+        "eye_right_img": (100.0, 72.0),
+        "nose": (80.0, 95.0),
+        "mouth_left_img": (66.0, 115.0),
+        "mouth_right_img": (96.0, 116.0),
+    }
+    face = s.load()
+    for name, c in (("eye_left_img", 0), ("eye_right_img", 1), ("nose", 2)):
+        assert np.abs(_centroid(face.image, c) - face.keypoints[name]).max() < 1.0  # the marks land on the points
+    both = read_dataset(tmp_path / "training.txt", format="mtfl", image_dir=tmp_path, skip_profiles=False)
+    assert [x.id for x in both] == ["net_7876/a.png", "lfw_5590/b.jpg"]
+    (tmp_path / "bad.txt").write_text("a.jpg 1 2 3 4 5 6 7 8 9 10\n")
+    with pytest.raises(InputError, match=r"line 1: expected 'path' \+ 10 coordinates \+ 4 attribute codes"):
+        read_mtfl(tmp_path / "bad.txt", tmp_path)
+    (tmp_path / "bad.txt").write_text("a.jpg 1 2 3 4 5 6 7 8 9 x 1 2 2 3\n")
+    with pytest.raises(InputError, match="non-numeric"):
+        read_mtfl(tmp_path / "bad.txt", tmp_path)
+
+
 # ------------------------------------------------------------------ WFLW
 def _wflw_points() -> np.ndarray:
     pts = np.zeros((98, 2))
@@ -301,8 +337,9 @@ def test_face_box_and_consistency():
         read_dataset("x.json", format="ap10k", split="testing.txt")
 
 
-def test_real_faces_folder_names_are_image_side(faces_dir):
-    s = read_faces_folder(faces_dir)
+@pytest.mark.shared_data
+def test_real_faces_folder_names_are_image_side(dev_faces_dir):
+    s = read_faces_folder(dev_faces_dir)
     assert len(s) > 900
     assert all(is_image_side_consistent(x.keypoints) for x in s)
     assert {x.species for x in s} >= {"human", "dog", "cat", "horse", "sheep", "cow"}

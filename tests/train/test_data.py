@@ -25,8 +25,6 @@ from dife.train.data import (
     pair_batch,
 )
 
-UNLABELED = Path(__file__).resolve().parents[3] / "shared" / "data" / "unlabeled"
-
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
 
@@ -148,10 +146,9 @@ def test_unreadable_image_raises_image_error_naming_the_file(tmp_path):
         ds[2]
 
 
-def test_shared_unlabeled_pool():
-    if not (UNLABELED / "index.csv").exists():
-        pytest.skip(f"{UNLABELED} not found (the ../shared folder beside the checkout is needed)")
-    root = UNLABELED
+@pytest.mark.shared_data
+def test_shared_unlabeled_pool(unlabeled_dir):
+    root = unlabeled_dir
     by_index = RealFaceFolder(root, index_file="index.csv")
     by_name = RealFaceFolder(root)
     assert len(by_index) == len(by_name) > 1000

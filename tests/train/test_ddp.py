@@ -12,14 +12,12 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"
 ROSINALITY = FIXTURES / "stylegan2_rosinality_tiny64.pt"
 ADA = FIXTURES / "stylegan2_ada_tiny64_state.pt"
 
 
 def test_torchrun_two_cpu_processes(tmp_path: Path, tiny_cse_checkpoint: Path) -> None:
-    if not ROSINALITY.exists():
-        pytest.skip(f"{ROSINALITY} not found (the ../shared folder beside the checkout is needed)")
     if not torch.distributed.is_available():
         pytest.skip("this PyTorch build has no torch.distributed")
     out = tmp_path / "out"

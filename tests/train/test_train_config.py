@@ -274,3 +274,55 @@ def test_import_is_light() -> None:
 
     assert sorted(dife.train.__all__) == sorted(dife.train._LAZY)
     assert dife.train.TrainConfig is TrainConfig
+
+
+# --------------------------------------------------------------------------- data folders are parameters
+def test_shipped_configs_name_no_local_folder() -> None:
+    from dife.train.config import shipped_config_path
+
+    for name in shipped_configs():
+        text = shipped_config_path(name).read_text()
+        assert not any(bad in text for bad in ("../", "/work/", "/tmp/", "shared/")), name
+        cfg = load_config(name)
+        assert cfg.validation.folder in ("${dev_data}", "")
+        assert all(s.real.folder == "${data}" for s in cfg.species.values() if s.real is not None)
+
+
+def test_data_folders_from_the_command_line_or_the_environment(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("DIFE_DATA", raising=False)
+    monkeypatch.delenv("DIFE_DEV_DATA", raising=False)
+    pool, dev = tmp_path / "pool", tmp_path / "dev"
+    cfg = load_config("dife_base", [f"data={pool}", f"dev_data={dev}"])
+    assert cfg.data == str(pool) and cfg.dev_data == str(dev)
+    assert {s.real.folder for s in cfg.species.values()} == {str(pool)} and cfg.validation.folder == str(dev)
+    assert config_from_yaml(cfg.to_yaml()) == cfg  # the written config is resolved
+    monkeypatch.setenv("DIFE_DATA", str(pool))
+    monkeypatch.setenv("DIFE_DEV_DATA", str(dev))
+    assert load_config("dife_base") == cfg
+    other = tmp_path / "other"
+    assert load_config("dife_base", [f"data={other}"]).species["cow"].real.folder == str(other)  # the command line wins
+
+
+def test_missing_data_folders_say_how_to_give_them(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("DIFE_DATA", raising=False)
+    monkeypatch.delenv("DIFE_DEV_DATA", raising=False)
+    cfg = load_config("dife_base")
+    cfg.validate(check_paths=False)  # the placeholders themselves are fine
+    with pytest.raises(InputError, match=r"species.human.real.folder.*data=DIR.*DIFE_DATA.*dife data faces"):
+        cfg.validate()
+    with pytest.raises(InputError, match=r"validation.folder.*dev_data=DIR.*DIFE_DEV_DATA.*validation.folder=''"):
+        load_config("dife_base", [f"data={tmp_path}"]).validate()
+    with pytest.raises(InputError, match=r"validation.folder.*dev_data=DIR"):
+        load_config("paper_human_dog").validate()
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(ModelNotFoundError, match="index.csv"):  # given: now the folder itself is checked
+        load_config("dife_base", [f"data={tmp_path / 'photos'}", "validation.folder="]).validate(check_teachers=False)
+
+
+def test_cli_train_names_the_missing_data(monkeypatch, capsys) -> None:
+    from dife.cli import main
+
+    monkeypatch.delenv("DIFE_DATA", raising=False)
+    assert main(["train", "dife_base", "steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dife: error: ") and "data=DIR" in err and len(err.strip().splitlines()) == 1

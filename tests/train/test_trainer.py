@@ -13,19 +13,9 @@ import yaml
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
-FIXTURES = SHARED / "fixtures"
-FACES = SHARED / "data" / "faces"
-UNLABELED = SHARED / "data" / "unlabeled"
+FIXTURES = ROOT / "tests" / "fixtures"
 ROSINALITY = FIXTURES / "stylegan2_rosinality_tiny64.pt"
 ADA = FIXTURES / "stylegan2_ada_tiny64_state.pt"
-
-
-def need(path: Path) -> Path:
-    """Skip, with the reason, when a ../shared path is absent."""
-    if not path.exists():
-        pytest.skip(f"{path} not found (the ../shared folder beside the checkout is needed)")
-    return path
 
 
 class ConvTeacher(nn.Module):
@@ -85,7 +75,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def generators() -> dict:
-    need(ROSINALITY)
     from dife.train.teachers.stylegan2 import StyleGAN2
 
     return {"human": StyleGAN2.load(ROSINALITY), "dog": StyleGAN2.load(ADA)}
@@ -119,10 +108,9 @@ def test_every_loss_decreases(tmp_path: Path, generators: dict) -> None:
         assert last < 0.9 * first, f"{key} did not decrease: first 5 steps {first:.4f}, last 5 steps {last:.4f}"
 
 
-def test_gradients_reach_student_and_never_teachers(tmp_path: Path, generators: dict) -> None:
-    need(UNLABELED)
+def test_gradients_reach_student_and_never_teachers(tmp_path: Path, generators: dict, photo_pool_dir: Path) -> None:
     cfg = tiny_config(tmp_path / "run", warmup_steps=0, augment={"tps": 0.05})
-    cfg["species"]["cat"] = {"real": {"folder": str(UNLABELED), "index": "index.csv"}}  # photos only
+    cfg["species"]["cat"] = {"real": {"folder": str(photo_pool_dir), "index": "index.csv"}}  # photos only
     dense = ConvTeacher(channels=24, stride=4)  # 24 x 16 x 16 maps: a 1x1 projection, compared on the 32 x 32 grid
     from dife.train.trainer import Trainer
 
@@ -318,7 +306,6 @@ def test_output_folder_guards(tmp_path: Path, generators: dict) -> None:
 
 # --------------------------------------------------------------------------- errors
 def test_layer_and_width_mismatch_name_both_sides(tmp_path: Path) -> None:
-    need(ROSINALITY)
     from dife.errors import InputError
     from dife.train.trainer import Trainer
 
@@ -332,8 +319,9 @@ def test_layer_and_width_mismatch_name_both_sides(tmp_path: Path) -> None:
         Trainer(cfg, dense_teacher=ConvTeacher())
 
 
-def test_missing_checkpoint_and_unknown_species(tmp_path: Path, generators: dict) -> None:
-    need(ROSINALITY)
+def test_missing_checkpoint_and_unknown_species(
+    tmp_path: Path, generators: dict, faces_dir: Path, photo_pool_dir: Path
+) -> None:
     from dife.errors import ModelNotFoundError, UnknownDomainError
     from dife.train.trainer import train
 
@@ -344,12 +332,11 @@ def test_missing_checkpoint_and_unknown_species(tmp_path: Path, generators: dict
         train(cfg)
     with pytest.raises(UnknownDomainError, match="unknown species 'wolf'"):
         train(cfg, **{"species.wolf.generator.checkpoint": "x.pt"})
-    faces = need(FACES)
-    cfg = tiny_config(tmp_path / "run", validation={"folder": str(faces), "species": ["human", "wolf"]})
+    cfg = tiny_config(tmp_path / "run", validation={"folder": str(faces_dir), "species": ["human", "wolf"]})
     with pytest.raises(UnknownDomainError, match=r"validation.species \['wolf'\].*has no such images"):
         make_trainer(cfg, generators)
     cfg = tiny_config(tmp_path / "run")
-    cfg["species"]["cat"] = {"real": {"folder": str(need(UNLABELED)), "index": "index.csv", "label": "wolf"}}
+    cfg["species"]["cat"] = {"real": {"folder": str(photo_pool_dir), "index": "index.csv", "label": "wolf"}}
     with pytest.raises(UnknownDomainError, match=r"no images of species \['wolf'\]"):
         make_trainer(cfg, generators)
 
@@ -391,12 +378,11 @@ def test_tensorboard_scalars_are_written(tmp_path: Path, generators: dict) -> No
 
 
 # --------------------------------------------------------------------------- validation
-def test_validation_keeps_the_best_and_stops_early(tmp_path: Path, generators: dict) -> None:
-    faces = need(FACES)
+def test_validation_keeps_the_best_and_stops_early(tmp_path: Path, generators: dict, faces_dir: Path) -> None:
     cfg = tiny_config(
         tmp_path / "run",
         steps=10,
-        validation={"folder": str(faces), "every": 1, "pairs": 2, "patience": 1, "min_delta": 1e6},
+        validation={"folder": str(faces_dir), "every": 1, "pairs": 2, "patience": 1, "min_delta": 1e6},
     )
     tr = make_trainer(cfg, generators)
     out = tr.fit()
@@ -412,7 +398,6 @@ def test_validation_keeps_the_best_and_stops_early(tmp_path: Path, generators: d
 
 # --------------------------------------------------------------------------- command line
 def test_cli_train_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_cse_checkpoint: Path) -> None:
-    need(ROSINALITY)
     from dife.cli import main
     from dife.modeling.dife import DIFE
     from dife.train.config import load_config
