@@ -402,9 +402,10 @@ def pair_figure(rows: Sequence[tuple[str, Face, Face, Any]], *, side: int = 160)
                 fb = rect(box)
                 draw.rectangle([fb[0], fb[1], fb[2] - 1, fb[3] - 1], outline=_FRAME_COLOR, width=2)
                 if det is not None:
-                    draw.text(
-                        (fb[0] + 3, max(fb[1], y0 + cap) + 2), f"{det['species']} {det['score']:.2f}", fill=_FRAME_COLOR
-                    )
+                    at_xy = (max(fb[0], k * (side + 6)) + 3, max(fb[1], y0 + cap) + 2)
+                    label = f"{det['species']} {det['score']:.2f}"
+                    draw.rectangle(draw.textbbox(at_xy, label), fill=(0, 0, 0))
+                    draw.text(at_xy, label, fill=_FRAME_COLOR)
             tiles.append(at)
         at_src, at_tgt = tiles
         for k, _name in enumerate(pr.names):
