@@ -117,6 +117,7 @@ _LAZY: dict[str, str] = {
     "wilson_interval": "dife.eval.detection",
     "score_detections": "dife.eval.detection",
     "detection_report": "dife.eval.detection",
+    "evaluation_finder": "dife.eval.detection",
 }
 
 __all__ = [
@@ -174,6 +175,7 @@ __all__ = [
     "default_protocols",
     "detection_report",
     "evaluate",
+    "evaluation_finder",
     "face_box",
     "format_stat",
     "frame_summary",

@@ -24,6 +24,14 @@ and over all photos:
 
 Percentages carry a 95 % Wilson score interval.
 
+[evaluation_finder][dife.eval.detection.evaluation_finder] gives the face finder
+every evaluation uses: loaded once per name / folder, and computing its network
+once per distinct view of a photo for the whole process, so that the
+detection report, the ``detect`` framing of every method and every protocol
+share their detections (a photo seen by several pairs and methods is looked
+at once). The results are those of the finder itself: the cache is keyed on
+the exact network input.
+
 Example:
     >>> from dife.eval import detection_report, read_dataset  # doctest: +SKIP
     >>> rep = detection_report(read_dataset("../shared/data/wild"))  # doctest: +SKIP
@@ -32,8 +40,14 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import math
+import os
+import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -43,8 +57,11 @@ import numpy as np
 from dife.errors import InputError
 
 if TYPE_CHECKING:
+    import torch
+
     from dife.detection import Detection
     from dife.eval.readers import FaceSample
+    from dife.modeling.face_detector import FaceDetector
 
 __all__ = [
     "DETECTION_IOU",
@@ -56,6 +73,7 @@ __all__ = [
     "wilson_interval",
     "score_detections",
     "detection_report",
+    "evaluation_finder",
 ]
 
 #: IoU with the labelled face box that makes a detection right.
@@ -65,6 +83,92 @@ DETECTION_IOU: float = 0.5
 AP_MIN_SCORE: float = 0.05
 
 Box = tuple[float, float, float, float]
+
+
+# ------------------------------------------------------------------ the finder of evaluations
+_lock = threading.Lock()
+_loaded: dict[tuple[str, str], FaceDetector] = {}
+_cached: weakref.WeakKeyDictionary[FaceDetector, FaceDetector] = weakref.WeakKeyDictionary()
+
+
+def _with_cache(base: FaceDetector, size: int) -> FaceDetector:
+    """A shallow copy of ``base`` (same weights) whose forward pass remembers its outputs per distinct input view."""
+    import torch
+
+    finder = copy.copy(base)
+    compute = base.forward  # the same weights (a shallow copy shares them)
+    store: OrderedDict[bytes, dict[str, torch.Tensor]] = OrderedDict()
+
+    def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        keys = [hashlib.blake2b(v.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest() for v in x]
+        with _lock:
+            missing = [i for i, k in enumerate(keys) if k not in store]
+        if missing:
+            out = compute(x[missing])
+            with _lock:
+                for j, i in enumerate(missing):
+                    store[keys[i]] = {n: t[j : j + 1].clone() for n, t in out.items()}
+        with _lock:
+            rows = []
+            for k in keys:
+                store.move_to_end(k)
+                rows.append(store[k])
+            while len(store) > size:
+                store.popitem(last=False)
+        return {n: torch.cat([r[n] for r in rows]) for n in rows[0]}
+
+    finder.forward = forward  # type: ignore[method-assign]
+    return finder
+
+
+def evaluation_finder(
+    detector: Any = None, *, device: str | None = None, cache_size: int = 2048
+) -> tuple[FaceDetector, str]:
+    """The face finder of evaluations, and its label for reports.
+
+    Args:
+        detector: A [FaceDetector][dife.modeling.face_detector.FaceDetector]
+            (label ``"given"``), a folder (loaded once per process; label: the
+            folder), or ``None`` for the default face finder (the shipped
+            ``dife-face-finder`` unless [set_default_detector][dife.detection.set_default_detector]
+            chose another).
+        device: Where a loaded finder runs (default CPU).
+        cache_size: Distinct views whose network outputs are kept (about 130 kB each at the
+            default 320-px input), least recently used dropped first.
+
+    Returns:
+        ``(finder, label)``: one finder per underlying detector for the whole
+        process (same weights; its network runs once per distinct view), and
+        the label.
+
+    Raises:
+        ModelNotFoundError: no such finder.
+        InputError: a ``detector`` of another type.
+    """
+    from dife.detection import DEFAULT_DETECTOR, get_default_detector, load_detector
+    from dife.modeling.face_detector import FaceDetector
+
+    if isinstance(detector, FaceDetector):
+        base, label = detector, "given"
+    elif detector is None and device is None:
+        base, label = get_default_detector(), DEFAULT_DETECTOR
+    elif detector is None or isinstance(detector, (str, os.PathLike)):
+        label = DEFAULT_DETECTOR if detector is None else str(detector)
+        key = (label, str(device))
+        with _lock:
+            base = _loaded.get(key)  # type: ignore[assignment]
+        if base is None:
+            base = load_detector(detector, device=device)
+            with _lock:
+                base = _loaded.setdefault(key, base)
+    else:
+        raise InputError(f"detector must be a FaceDetector, a name / folder, or None, got {type(detector).__name__}")
+    with _lock:
+        finder = _cached.get(base)
+        if finder is None:
+            finder = _with_cache(base, int(cache_size))
+            _cached[base] = finder
+    return finder, label
 
 
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -370,7 +474,7 @@ def detection_report(
             [read_faces_folder][dife.eval.readers.read_faces_folder] reads the
             ``wild`` layout); no two may share an image file.
         detector: A [FaceDetector][dife.modeling.face_detector.FaceDetector], a
-            folder, or ``None`` for the shipped ``dife-face-finder``.
+            folder, or ``None`` for the default one (see [evaluation_finder][dife.eval.detection.evaluation_finder]).
         min_score: Score from which a detection is a face (default: the finder's own).
         ap_min_score: Lowest score ranked for the average precision.
         iou: IoU that makes a detection right.
@@ -387,7 +491,6 @@ def detection_report(
         ModelNotFoundError: no face finder.
     """
     from dife.detection import detect_faces
-    from dife.eval.methods import _resolve_detector
     from dife.modeling.face_detector import DETECTOR_SPECIES
 
     if not samples:
@@ -405,7 +508,7 @@ def detection_report(
         raise InputError(f"iou must be in (0, 1], got {iou!r}")
     if not 0.0 <= ap_min_score <= 1.0:
         raise InputError(f"ap_min_score must be in [0, 1], got {ap_min_score!r}")
-    det, label = _resolve_detector(detector, device)
+    det, label = evaluation_finder(detector, device=device)
     ms = float(det.config.min_score if min_score is None else min_score)
     if not 0.0 <= ms <= 1.0:
         raise InputError(f"min_score must be in [0, 1], got {min_score!r}")

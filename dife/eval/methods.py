@@ -172,18 +172,9 @@ def _centred_square(width: int, height: int) -> Box:
 
 
 def _resolve_detector(detector: Any, device: str | None = None) -> tuple[FaceDetector, str]:
-    """The face finder to use and its label for reports (loads the shipped one for ``None``)."""
-    from dife.detection import DEFAULT_DETECTOR, get_default_detector, load_detector
-    from dife.modeling.face_detector import FaceDetector
+    from dife.eval.detection import evaluation_finder
 
-    if isinstance(detector, FaceDetector):
-        return detector, "given"
-    if detector is None:
-        det = get_default_detector()
-        return (det if device is None else load_detector(None, device=device)), DEFAULT_DETECTOR
-    if isinstance(detector, (str, os.PathLike)):
-        return load_detector(detector, device=device), str(detector)
-    raise InputError(f"detector must be a FaceDetector, a name / folder, or None, got {type(detector).__name__}")
+    return evaluation_finder(detector, device=device)
 
 
 def _image_tensor(image: np.ndarray) -> torch.Tensor:
@@ -455,7 +446,9 @@ class DIFEMethod(BaseMethod):
         detector: Face finder of ``detect``: a
             [FaceDetector][dife.modeling.face_detector.FaceDetector], a folder,
             or ``None`` for the shipped ``dife-face-finder`` (loaded here, so a
-            missing one fails at once).
+            missing one fails at once). Its network runs once per distinct
+            view for the whole process, shared with every method and report
+            ([evaluation_finder][dife.eval.detection.evaluation_finder]).
 
     Raises:
         ModelNotFoundError: an unknown model, or (framing ``detect``) no face finder.

@@ -15,6 +15,7 @@ from dife.eval import (
     PhotoDetections,
     average_precision,
     detection_report,
+    evaluation_finder,
     read_dataset,
     score_detections,
     wilson_interval,
@@ -121,3 +122,35 @@ def test_detection_report_input_checks(tmp_path, wild_dir, square_finder):
     (wild_dir / "annotations.json").write_text(json.dumps(recs))
     with pytest.raises(InputError, match="1 of 11"):
         detection_report(read_dataset(wild_dir), square_finder)
+
+
+def test_evaluation_finder_runs_its_network_once_per_view(wild_dir, tmp_path):
+    from wild_data import make_square_finder
+
+    from dife.detection import detect_faces, save_detector
+
+    base = make_square_finder()
+    calls = []
+    forward = type(base).forward
+
+    def counting(self, x):
+        calls.append(len(x))
+        return forward(self, x)
+
+    base.forward = counting.__get__(base)  # type: ignore[method-assign]
+    finder, label = evaluation_finder(base)
+    assert label == "given" and evaluation_finder(base)[0] is finder and finder is not base
+    samples = read_dataset(wild_dir)
+    photos = [s.load().image for s in samples[:4]]
+    first = detect_faces(photos, model=finder)
+    assert sum(calls) == 4
+    again = detect_faces([photos[2], photos[0], photos[0]], model=finder)
+    assert sum(calls) == 4  # nothing new to compute
+    assert again[0] == first[2] and again[1] == first[0] == again[2]
+    assert detect_faces(photos[:1], model=finder) == detect_faces(photos[:1], model=base)[:1]  # as the finder itself
+    # a folder is loaded once per process
+    folder = save_detector(make_square_finder(), tmp_path / "finder")
+    a, label = evaluation_finder(str(folder))
+    assert label == str(folder) and evaluation_finder(str(folder))[0] is a
+    with pytest.raises(InputError, match="detector"):
+        evaluation_finder(3)

@@ -20,6 +20,7 @@ from dife.eval import (
     PairResult,
     default_protocols,
     evaluate,
+    evaluation_finder,
     frame_summary,
     make_view,
     read_dataset,
@@ -127,7 +128,7 @@ def test_resolve_method_framing(tiny_model, square_finder, tmp_path):
     assert takes_framing("identity") and takes_framing("dife-base") and not takes_framing("imagenet-nn")
     assert not takes_framing("timm:resnet18") and not takes_framing("cse")
     m = resolve_method("identity", framing="detect", detector=square_finder)
-    assert m.name == "identity [detect]" and m.detector is square_finder
+    assert m.name == "identity [detect]" and m.detector is evaluation_finder(square_finder)[0]
     folder = tiny_model.save_pretrained(tmp_path / "m")
     d = resolve_method(str(folder), framing="true")
     assert d.name == f"{folder} [true box]" and d.framing == "true"
