@@ -73,7 +73,7 @@ def _versions() -> dict[str, str]:
 
 
 def bar_rows(detection: Mapping[str, Any], wild_groups: Mapping[str, Any]) -> list[tuple[str, str, str, bool | None]]:
-    """``(what, bar, measured, met)`` rows: the development-set numbers against :data:`BAR`.
+    """``(what, bar, measured, met)`` rows: the development-set numbers against ``BAR``.
 
     Args:
         detection: ``DetectionReport.to_dict()``.

@@ -3,19 +3,19 @@
 The pieces (each a small module, imported lazily: ``import dife.eval`` pulls in
 neither torch nor timm):
 
-* :mod:`dife.eval.readers`: datasets (faces folder, AP-10K, Animal-Pose, MAFL / CelebA,
+* [dife.eval.readers][]: datasets (faces folder, AP-10K, Animal-Pose, MAFL / CelebA,
   WFLW, AnimalWeb) -> face crops with image-side keypoint names;
-* :mod:`dife.eval.pairs`: fixed-seed cross-species pairs per group;
-* :mod:`dife.eval.crops`: the ``aligned`` and ``jittered`` crop protocols and
+* [dife.eval.pairs][]: fixed-seed cross-species pairs per group;
+* [dife.eval.crops][]: the ``aligned`` and ``jittered`` crop protocols and
   the ``wild`` protocol (whole photos, errors relative to the labelled face box);
-* :mod:`dife.eval.metrics`: 70-px error, inter-ocular-normalised error, PCK, bootstrap intervals;
-* :mod:`dife.eval.methods`: DIFE models and the baselines (``identity``, ``imagenet-nn``,
+* [dife.eval.metrics][]: 70-px error, inter-ocular-normalised error, PCK, bootstrap intervals;
+* [dife.eval.methods][]: DIFE models and the baselines (``identity``, ``imagenet-nn``,
   ``timm:<name>``, ``cse``) behind one interface, with the framing of the faces
   (``detect``, ``image``, ``true``);
-* :mod:`dife.eval.detection`: the face finder scored on whole photos (found,
+* [dife.eval.detection][]: the face finder scored on whole photos (found,
   recall, AP, species accuracy);
-* :mod:`dife.eval.report`: markdown, JSON and PNG panels;
-* :mod:`dife.eval.run`: :func:`evaluate` / :func:`run_eval` (the ``dife eval`` command).
+* [dife.eval.report][]: markdown, JSON and PNG panels;
+* [dife.eval.run][]: [evaluate][dife.eval.run.evaluate] / [run_eval][dife.eval.run.run_eval] (the ``dife eval`` command).
 
 Example:
     >>> from dife.eval import run_eval  # doctest: +SKIP

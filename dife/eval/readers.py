@@ -197,7 +197,7 @@ class FaceSample:
         species: Species name, lower case.
         keypoints: ``{name: (x, y)}`` image-side keypoints in *source* pixels.
         box: The square face crop ``(left, top, side)`` in source edge
-            coordinates (see :mod:`dife.coords`), or ``None`` for the image as given.
+            coordinates (see [dife.coords][]), or ``None`` for the image as given.
         size: Side of the crop after resampling (``None``: the crop's own pixels,
             only valid with ``box=None``).
         dataset: Name of the reader that made the sample.
@@ -440,7 +440,7 @@ def read_faces_folder(root: str | os.PathLike[str], *, species: Iterable[str] | 
         species: Keep only these species (default: all).
 
     Returns:
-        One :class:`FaceSample` per record, ``box=None`` (the image as given),
+        One [FaceSample][dife.eval.readers.FaceSample] per record, ``box=None`` (the image as given),
         ``id`` = the image file name, ``face_box`` from the record (or ``None``).
 
     Raises:

@@ -1,18 +1,18 @@
 """Reports of an evaluation: markdown tables, a JSON file and PNG panels.
 
-* :func:`markdown_report`: the face-finding report when there is one, then per
+* [markdown_report][dife.eval.report.markdown_report]: the face-finding report when there is one, then per
   protocol one table per metric (methods x groups, ``mean [95 % interval]``),
   a per-keypoint table, the pair counts and, for data with labelled face
   boxes, how each method framed the faces.
-* :func:`json_report`: everything, including each pair's points, as plain JSON.
-* :func:`write_panels`: for each protocol, method and group, a PNG of the best
+* [json_report][dife.eval.report.json_report]: everything, including each pair's points, as plain JSON.
+* [write_panels][dife.eval.report.write_panels]: for each protocol, method and group, a PNG of the best
   and worst pairs: the source image with its points, and the target image with
   the ground truth (filled discs) and the transferred points (crosses) joined
   by a line; the regions the method framed (a detected face, the true box or
   the centred square) are outlined, the labelled face box dashed.
   [pair_figure][dife.eval.report.pair_figure] draws such rows for any pairs.
 
-All files are written atomically (:mod:`dife._io`).
+All files are written atomically (``dife._io``).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ Example:
     >>> print(markdown_report(res))  # doctest: +SKIP
 
 For each protocol and method, every pair's shared keypoints are carried
-from the source view to the target view (:mod:`dife.eval.crops`) and compared
-with the target's ground truth (:mod:`dife.eval.metrics`). Under the ``wild``
+from the source view to the target view ([dife.eval.crops][]) and compared
+with the target's ground truth ([dife.eval.metrics][]). Under the ``wild``
 protocol (whole photos with labelled face boxes) the errors are relative to
 the target's face box; with ``detection=True``, [run_eval][dife.eval.run.run_eval]
 also scores the face finder on the same photos ([dife.eval.detection][]).
@@ -41,9 +41,9 @@ class MethodRun:
     """One method under one crop protocol.
 
     Attributes:
-        method: The method's description (:meth:`BaseMethod.describe`).
+        method: The method's description ([describe][dife.eval.methods.BaseMethod.describe]).
         seconds: Wall time of the transfers.
-        results: One :class:`PairResult` per pair.
+        results: One [PairResult][dife.eval.metrics.PairResult] per pair.
         summary: ``{group: GroupSummary}`` plus ``"all"``.
         frames: How well the method framed the faces, for data with labelled
             face boxes and methods that report their framing
@@ -138,26 +138,26 @@ def evaluate(
     """Evaluate methods on a dataset.
 
     Args:
-        samples: The dataset (:func:`dife.eval.readers.read_dataset`).
-        methods: Methods (:func:`dife.eval.methods.resolve_method`); names must differ.
+        samples: The dataset ([read_dataset][dife.eval.readers.read_dataset]).
+        methods: Methods ([resolve_method][dife.eval.methods.resolve_method]); names must differ.
         protocols: Protocols, from [PROTOCOLS][dife.eval.crops.PROTOCOLS]
             (default: [default_protocols][dife.eval.run.default_protocols]:
             ``wild`` for whole photos with face boxes, else ``aligned`` and ``jittered``).
-        pairs: Pairs to use (default: :func:`~dife.eval.pairs.make_pairs`
+        pairs: Pairs to use (default: [make_pairs][dife.eval.pairs.make_pairs]
             with ``counts``, ``groups`` and ``seed``).
-        counts: Pairs per group (see :func:`~dife.eval.pairs.make_pairs`).
+        counts: Pairs per group (see [make_pairs][dife.eval.pairs.make_pairs]).
         groups: Groups to draw (default: all).
         seed: Seed of the pairs, the jitter and the bootstrap.
         n_boot: Bootstrap resamples.
         jitter_scale: Side range of the ``jittered`` protocol.
-        chunk: Pairs per :meth:`~BaseMethod.transfer_many` call.
+        chunk: Pairs per [transfer_many][dife.eval.methods.BaseMethod.transfer_many] call.
         progress: Called with one line per finished (protocol, method).
-        config: Extra entries for :attr:`EvalResult.config`.
+        config: Extra entries for the ``config`` of [EvalResult][dife.eval.run.EvalResult].
 
     Returns:
-        ``(result, view)``: the :class:`EvalResult` and the
+        ``(result, view)``: the [EvalResult][dife.eval.run.EvalResult] and the
         ``(protocol, sample index) -> Face`` function of the views the methods
-        saw (for :func:`dife.eval.report.write_panels`).
+        saw (for [write_panels][dife.eval.report.write_panels]).
 
     Raises:
         InputError: no samples / methods / pairs, duplicate method names or an
@@ -280,18 +280,18 @@ def run_eval(
     """Read ``data``, evaluate ``methods`` and (with ``out``) write the reports.
 
     Args:
-        data: Dataset path (see :func:`~dife.eval.readers.read_dataset`).
-        methods: Method names or objects (:func:`~dife.eval.methods.resolve_method`).
+        data: Dataset path (see [read_dataset][dife.eval.readers.read_dataset]).
+        methods: Method names or objects ([resolve_method][dife.eval.methods.resolve_method]).
         format: Dataset format.
         out: Folder for ``report.md``, ``results.json`` and ``panels/*.png``
             (None: write nothing).
-        protocols: As in :func:`evaluate` (default: ``wild`` for whole photos
+        protocols: As in [evaluate][dife.eval.run.evaluate] (default: ``wild`` for whole photos
             with face boxes, else ``aligned`` and ``jittered``).
-        counts: As in :func:`evaluate`.
-        seed: As in :func:`evaluate`.
-        n_boot: As in :func:`evaluate`.
+        counts: As in [evaluate][dife.eval.run.evaluate].
+        seed: As in [evaluate][dife.eval.run.evaluate].
+        n_boot: As in [evaluate][dife.eval.run.evaluate].
         panels: Best / worst pairs per panel (0: no panels).
-        method_options: Keyword arguments of :func:`resolve_method`.
+        method_options: Keyword arguments of [resolve_method][dife.eval.methods.resolve_method].
         reader_options: Keyword arguments of the reader.
         progress: Progress callback.
         framings: Framings ([FRAMINGS][dife.eval.methods.FRAMINGS]) to run each
@@ -305,7 +305,7 @@ def run_eval(
             or ``None`` for the shipped one).
 
     Returns:
-        The :class:`EvalResult` (with ``detection`` set when asked for).
+        The [EvalResult][dife.eval.run.EvalResult] (with ``detection`` set when asked for).
     """
     from dife.eval.methods import resolve_method, takes_framing
     from dife.eval.report import write_json, write_markdown, write_panels
