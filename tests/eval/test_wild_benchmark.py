@@ -86,6 +86,13 @@ def test_wild_benchmark_end_to_end(bench, wild_dir, tmp_path, tiny_model, defaul
     assert "## Face finding" in text and "## Protocol: wild" in text and "## Crop protocol: jittered" in text
     with Image.open(out / "wild_dev.png") as im:
         assert im.size == (2 * 240 + 6, 5 * (240 + 14 + 4))
+    # without the figure (it shows the data set's photos)
+    bench.main(
+        [str(wild_dir), "--model", str(model_dir), "--pairs", "1", "--bootstrap", "0", "--no-figure"]
+        + ["--out", str(tmp_path / "nofig")]
+    )
+    assert {p.name for p in (tmp_path / "nofig").iterdir()} == {"wild_dev.json", "wild_dev.md"}
+    assert "no figure" in (tmp_path / "nofig" / "wild_dev.md").read_text()
 
 
 def test_figure_rows_pick_the_median_pair(bench):
