@@ -631,6 +631,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         method_options=method_options,
         reader_options=reader_options,
         progress=lambda line: print(f"dife: {line}", file=sys.stderr),
+        framings=args.framing,
+        detection=args.detection,
+        detector=args.detector,
     )
     print(markdown_report(result), end="")
     print(
@@ -809,7 +812,8 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="benchmark keypoint transfer across species (DIFE models and baselines)",
         description="Evaluate keypoint transfer on a labelled dataset: pairs per species group, crop "
-        "protocols, 70-px error / IOD-normalised error / PCK with bootstrap 95%% intervals. "
+        "protocols (or whole photos: wild), 70-px error / IOD-normalised error / PCK with bootstrap 95%% intervals; "
+        "with --detection, the face finder's scores too. "
         "Prints markdown tables; writes report.md, results.json and panels/*.png to --output.",
     )
     p.add_argument("--data", required=True, help="dataset: a faces folder, or a file / folder with --format")
@@ -828,7 +832,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="methods: identity, imagenet-nn, timm:<name>, cse, or DIFE model names / folders (default: identity)",
     )
     p.add_argument(
-        "--protocol", nargs="+", default=["aligned", "jittered"], choices=["aligned", "jittered"], help="crop protocols"
+        "--protocol",
+        nargs="+",
+        default=None,
+        choices=["aligned", "jittered", "wild"],
+        help="protocols: aligned / jittered (face crops), wild (whole photos with face_box: methods get no box, "
+        "errors relative to the face box); default: wild for such photos, else aligned and jittered",
+    )
+    p.add_argument(
+        "--framing",
+        nargs="+",
+        default=None,
+        choices=["detect", "image", "true"],
+        help="how DIFE models and identity frame the faces, one report row per value: detect (find the face, the "
+        "default of DIFE models), image (DIFE: the centred square; identity: the whole image, its default), "
+        "true (the data's face boxes: the bound for a perfect face finder)",
+    )
+    p.add_argument(
+        "--detection",
+        action="store_true",
+        help="also score the face finder on the photos (found / recall / AP at IoU 0.5, species accuracy; "
+        "needs whole photos with face_box)",
     )
     p.add_argument("--pairs", type=int, default=None, help="pairs per group (default: the paper's counts)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pairs, the jitter and the bootstrap")
@@ -849,7 +873,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument(
-        "--detector", default=None, help="face finder folder used where no box is given (default: dife-face-finder)"
+        "--detector",
+        default=None,
+        help="face finder folder for the detect framing and --detection (default: dife-face-finder)",
     )
     p.set_defaults(func=cmd_eval)
 

@@ -3,15 +3,19 @@
 The pieces (each a small module, imported lazily: ``import dife.eval`` pulls in
 neither torch nor timm):
 
-* :mod:`dife.eval.readers`: datasets (faces folder, AP-10K, Animal-Pose, MAFL / CelebA,
+* [dife.eval.readers][]: datasets (faces folder, AP-10K, Animal-Pose, MAFL / CelebA,
   WFLW, AnimalWeb) -> face crops with image-side keypoint names;
-* :mod:`dife.eval.pairs`: fixed-seed cross-species pairs per group;
-* :mod:`dife.eval.crops`: the ``aligned`` and ``jittered`` crop protocols;
-* :mod:`dife.eval.metrics`: 70-px error, inter-ocular-normalised error, PCK, bootstrap intervals;
-* :mod:`dife.eval.methods`: DIFE models and the baselines (``identity``, ``imagenet-nn``,
-  ``timm:<name>``, ``cse``) behind one interface;
-* :mod:`dife.eval.report`: markdown, JSON and PNG panels;
-* :mod:`dife.eval.run`: :func:`evaluate` / :func:`run_eval` (the ``dife eval`` command).
+* [dife.eval.pairs][]: fixed-seed cross-species pairs per group;
+* [dife.eval.crops][]: the ``aligned`` and ``jittered`` crop protocols and
+  the ``wild`` protocol (whole photos, errors relative to the labelled face box);
+* [dife.eval.metrics][]: 70-px error, inter-ocular-normalised error, PCK, bootstrap intervals;
+* [dife.eval.methods][]: DIFE models and the baselines (``identity``, ``imagenet-nn``,
+  ``timm:<name>``, ``cse``) behind one interface, with the framing of the faces
+  (``detect``, ``image``, ``true``);
+* [dife.eval.detection][]: the face finder scored on whole photos (found,
+  recall, AP, species accuracy);
+* [dife.eval.report][]: markdown, JSON and PNG panels;
+* [dife.eval.run][]: [evaluate][dife.eval.run.evaluate] / [run_eval][dife.eval.run.run_eval] (the ``dife eval`` command).
 
 Example:
     >>> from dife.eval import run_eval  # doctest: +SKIP
@@ -95,16 +99,42 @@ _LAZY: dict[str, str] = {
     "EvalResult": "dife.eval.run",
     "evaluate": "dife.eval.run",
     "run_eval": "dife.eval.run",
+    "WILD": "dife.eval.crops",
+    "PROTOCOLS": "dife.eval.crops",
+    "reference_size": "dife.eval.crops",
+    "FRAME_IOU": "dife.eval.metrics",
+    "frame_summary": "dife.eval.metrics",
+    "FRAMINGS": "dife.eval.methods",
+    "Transferred": "dife.eval.methods",
+    "takes_framing": "dife.eval.methods",
+    "pair_figure": "dife.eval.report",
+    "default_protocols": "dife.eval.run",
+    "DETECTION_IOU": "dife.eval.detection",
+    "AP_MIN_SCORE": "dife.eval.detection",
+    "PhotoDetections": "dife.eval.detection",
+    "DetectionStats": "dife.eval.detection",
+    "DetectionReport": "dife.eval.detection",
+    "average_precision": "dife.eval.detection",
+    "wilson_interval": "dife.eval.detection",
+    "score_detections": "dife.eval.detection",
+    "detection_report": "dife.eval.detection",
+    "evaluation_finder": "dife.eval.detection",
 }
 
 __all__ = [
+    "AP_MIN_SCORE",
     "BASELINES",
     "BaseMethod",
     "CELEBA_NAMES",
     "CROP_PROTOCOLS",
     "DATASET_FORMATS",
+    "DETECTION_IOU",
     "DIFEMethod",
+    "DetectionReport",
+    "DetectionStats",
     "EvalResult",
+    "FRAME_IOU",
+    "FRAMINGS",
     "Face",
     "FaceSample",
     "FeatureNNMethod",
@@ -126,21 +156,30 @@ __all__ = [
     "PAIRED_NAMES",
     "PAPER_COUNTS",
     "PCK_THRESHOLDS",
+    "PROTOCOLS",
     "Pair",
     "PairResult",
+    "PhotoDetections",
     "SCALE",
     "SUBJECT_SIDE_EYES_NOSE",
     "Stat",
     "SubCrop",
     "TimmNotInstalledError",
+    "Transferred",
     "WFLW_TO_NINE",
+    "WILD",
     "aggregate",
     "apply_crop",
+    "average_precision",
     "bootstrap_ci",
     "cse_nn",
+    "default_protocols",
+    "detection_report",
     "evaluate",
+    "evaluation_finder",
     "face_box",
     "format_stat",
+    "frame_summary",
     "imagenet_nn",
     "interocular",
     "is_image_side_consistent",
@@ -151,6 +190,7 @@ __all__ = [
     "make_pairs",
     "make_view",
     "markdown_report",
+    "pair_figure",
     "point_errors",
     "read_animal_pose",
     "read_animalweb",
@@ -161,11 +201,15 @@ __all__ = [
     "read_mafl",
     "read_mtfl",
     "read_wflw",
+    "reference_size",
     "resolve_method",
     "run_eval",
+    "score_detections",
     "species_group",
     "summarize",
+    "takes_framing",
     "timm_nn",
+    "wilson_interval",
     "write_json",
     "write_markdown",
     "write_panels",

@@ -1,4 +1,4 @@
-"""Crop protocols: what each method sees of a face.
+"""Protocols: what each method sees of a face, and the unit errors are measured in.
 
 * ``aligned``: the face crop as the reader gives it. Landmark-based crops put
   the eyes and nose of every face at similar relative positions, so a method
@@ -10,8 +10,18 @@
   resampled back to the face crop's size. The jitter of an image depends only
   on ``(seed, image id)``, so it is the same for every method and every pair
   that uses the image.
+* ``wild``: whole photos (the ``wild`` layout: each record has a labelled
+  ``face_box``), given to the methods as they are, with no box: a method must
+  find the face itself (DIFE models do, through the face finder). Errors and
+  PCK are measured relative to the *target face box* side instead of the
+  image side: ``err70 = |p - g| * 70 / side`` and PCK@a counts
+  ``|p - g| <= a * side`` ([reference_size][dife.eval.crops.reference_size]), so the numbers read in the
+  same 70-px units of the face as those of ``aligned``.
 
-Coordinates follow :mod:`dife.coords` (integer = pixel centre; boxes in edge
+``aligned`` and ``jittered`` are measured relative to the image the method saw
+(the face crop), ``wild`` relative to the labelled face.
+
+Coordinates follow [dife.coords][] (integer = pixel centre; boxes in edge
 coordinates): a point ``x`` is inside the sub-crop ``[left, left + side]``
 when ``left <= x + 0.5 <= left + side``.
 """
@@ -28,10 +38,26 @@ import numpy as np
 from dife.errors import InputError, KeypointError
 from dife.eval.readers import Face
 
-__all__ = ["CROP_PROTOCOLS", "JITTER_SCALE", "SubCrop", "jitter_box", "apply_crop", "make_view"]
+__all__ = [
+    "CROP_PROTOCOLS",
+    "WILD",
+    "PROTOCOLS",
+    "JITTER_SCALE",
+    "SubCrop",
+    "jitter_box",
+    "apply_crop",
+    "make_view",
+    "reference_size",
+]
 
-#: The crop protocols.
+#: The crop protocols of face crops (the default of data without face boxes).
 CROP_PROTOCOLS: tuple[str, ...] = ("aligned", "jittered")
+
+WILD = "wild"
+"""The whole-photo protocol (data with a ``face_box`` per record)."""
+
+PROTOCOLS: tuple[str, ...] = (*CROP_PROTOCOLS, WILD)
+"""Every protocol: the crop protocols and ``wild``."""
 
 #: Range of the sub-crop side over the face crop side in ``jittered``.
 JITTER_SCALE: tuple[float, float] = (0.55, 1.0)
@@ -114,7 +140,8 @@ def jitter_box(
 def apply_crop(face: Face, crop: SubCrop, out_size: int | None = None) -> Face:
     """Cut a sub-crop out of a face and resample it to ``out_size`` (default: the face's side).
 
-    Keypoints are mapped with ``x' = (x + 0.5 - left) * out_size / side - 0.5``.
+    Keypoints are mapped with ``x' = (x + 0.5 - left) * out_size / side - 0.5``
+    (a face box, in edge coordinates, with ``x' = (x - left) * out_size / side``).
     """
     from PIL import Image
 
@@ -129,7 +156,10 @@ def apply_crop(face: Face, crop: SubCrop, out_size: int | None = None) -> Face:
         k: (_snap((x + 0.5 - crop.left) * s - 0.5, size), _snap((y + 0.5 - crop.top) * s - 0.5, size))
         for k, (x, y) in face.keypoints.items()
     }
-    return Face(face.id, face.species, np.asarray(out, dtype=np.uint8).copy(), kps)
+    fb = None
+    if face.face_box is not None:
+        fb = tuple((v - o) * s for v, o in zip(face.face_box, (crop.left, crop.top) * 2, strict=True))
+    return Face(face.id, face.species, np.asarray(out, dtype=np.uint8).copy(), kps, fb)  # type: ignore[arg-type]
 
 
 def _snap(v: float, size: int, tol: float = 1e-6) -> float:
@@ -156,23 +186,48 @@ def make_view(
     """The face as a method sees it under a crop protocol.
 
     Args:
-        face: The loaded face crop.
-        protocol: ``"aligned"`` (returned as is) or ``"jittered"``.
+        face: The loaded face crop (or whole photo, for ``wild``).
+        protocol: ``"aligned"`` or ``"wild"`` (returned as is), or ``"jittered"``.
         seed: Seed of the jitter; the sub-crop depends only on ``(seed, face.id)``.
         scale: Side range of ``jittered``.
         names: Keypoints that must stay inside (default: all of the face's).
 
     Returns:
-        The :class:`Face` of the view.
+        The [Face][dife.eval.readers.Face] of the view.
 
     Raises:
-        InputError: an unknown protocol.
+        InputError: an unknown protocol, or ``wild`` for a face without a face box.
     """
+    if protocol == WILD:
+        if face.face_box is None:
+            raise InputError(
+                f"the {WILD} protocol needs a labelled face box per image ('face_box' in annotations.json); "
+                f"{face.id!r} has none"
+            )
+        return face
     if protocol == "aligned":
         return face
     if protocol != "jittered":
-        raise InputError(f"unknown crop protocol {protocol!r}; choose one of {', '.join(CROP_PROTOCOLS)}")
+        raise InputError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     keep = [k for k in face.keypoints if names is None or k in names]
     pts = np.array([face.keypoints[k] for k in keep], dtype=np.float64).reshape(-1, 2)
     crop = jitter_box(pts, face.width, face.height, _rng_for(seed, face.id), scale=scale)
     return apply_crop(face, crop)
+
+
+def reference_size(face: Face, protocol: str) -> tuple[float, float]:
+    """``(width, height)`` that errors of ``protocol`` are relative to, for a target view.
+
+    The view's image size for ``aligned`` / ``jittered``; ``(side, side)`` of
+    the labelled face box for ``wild`` (its longer side, should a box not be square).
+
+    Raises:
+        InputError: ``wild`` for a face without a face box.
+    """
+    if protocol != WILD:
+        return float(face.width), float(face.height)
+    if face.face_box is None:
+        raise InputError(f"the {WILD} protocol needs a labelled face box; {face.id!r} has none")
+    x0, y0, x1, y1 = face.face_box
+    side = float(max(x1 - x0, y1 - y0))
+    return side, side

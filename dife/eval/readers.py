@@ -158,12 +158,16 @@ class Face:
         species: Species name (``"human"``, ``"dog"`` ...).
         image: (S, S, 3) uint8 RGB crop (or the image as given, for the faces folder).
         keypoints: ``{name: (x, y)}`` in crop pixels (integer = pixel centre).
+        face_box: The labelled face box ``(x0, y0, x1, y1)`` in the pixels of
+            ``image`` (edge coordinates; it may reach outside the image), or
+            ``None`` when the dataset labels none (see [FaceSample][dife.eval.readers.FaceSample]).
     """
 
     id: str
     species: str
     image: np.ndarray
     keypoints: dict[str, tuple[float, float]]
+    face_box: tuple[float, float, float, float] | None = None
 
     @property
     def width(self) -> int:
@@ -197,10 +201,17 @@ class FaceSample:
         species: Species name, lower case.
         keypoints: ``{name: (x, y)}`` image-side keypoints in *source* pixels.
         box: The square face crop ``(left, top, side)`` in source edge
-            coordinates (see :mod:`dife.coords`), or ``None`` for the image as given.
+            coordinates (see [dife.coords][]), or ``None`` for the image as given.
         size: Side of the crop after resampling (``None``: the crop's own pixels,
             only valid with ``box=None``).
         dataset: Name of the reader that made the sample.
+        extra: Other fields of the record (``source``, ``license``).
+        face_box: The labelled face box ``(x0, y0, x1, y1)`` in *source*
+            pixels (edge coordinates; it may reach outside the image), or
+            ``None``. Whole photos of the ``wild`` layout carry one: it scores
+            a face finder and sets the error unit of the ``wild`` protocol
+            (see [dife.eval.crops][]); it is never given to a method unless the
+            method's framing asks for the true box.
     """
 
     id: str
@@ -211,6 +222,7 @@ class FaceSample:
     size: int | None = 256
     dataset: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    face_box: tuple[float, float, float, float] | None = None
 
     @property
     def names(self) -> frozenset[str]:
@@ -230,7 +242,8 @@ class FaceSample:
         img = _open_rgb(self.image_path)
         if self.box is None:
             arr = np.asarray(img, dtype=np.uint8).copy()
-            return Face(self.id, self.species, arr, {k: (float(x), float(y)) for k, (x, y) in self.keypoints.items()})
+            kps = {k: (float(x), float(y)) for k, (x, y) in self.keypoints.items()}
+            return Face(self.id, self.species, arr, kps, self.face_box)
         from PIL import Image
 
         left, top, side = self.box
@@ -242,7 +255,11 @@ class FaceSample:
         crop = region.resize((size, size), Image.Resampling.LANCZOS, box=box)
         s = size / side
         kps = {k: ((x + 0.5 - left) * s - 0.5, (y + 0.5 - top) * s - 0.5) for k, (x, y) in self.keypoints.items()}
-        return Face(self.id, self.species, np.asarray(crop, dtype=np.uint8).copy(), kps)
+        fb = None
+        if self.face_box is not None:
+            x0, y0, x1, y1 = self.face_box
+            fb = ((x0 - left) * s, (y0 - top) * s, (x1 - left) * s, (y1 - top) * s)
+        return Face(self.id, self.species, np.asarray(crop, dtype=np.uint8).copy(), kps, fb)
 
 
 def _open_rgb(path: Path) -> Any:
@@ -389,6 +406,16 @@ def _read_json(path: Path, what: str) -> Any:
         raise InputError(f"{what} {path} is not valid JSON: {e}") from None
 
 
+def _box4(value: Any, where: str) -> tuple[float, float, float, float]:
+    try:
+        x0, y0, x1, y1 = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: a face box must be [x0, y0, x1, y1] numbers, got {value!r}") from None
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
+        raise InputError(f"{where}: a face box needs finite x0 < x1 and y0 < y1, got {value!r}")
+    return x0, y0, x1, y1
+
+
 def _xy(value: Any, where: str) -> tuple[float, float]:
     try:
         x, y = (float(v) for v in value)
@@ -406,18 +433,21 @@ def read_faces_folder(root: str | os.PathLike[str], *, species: Iterable[str] | 
     ``root/annotations.json`` is a list of
     ``{"image": "dog_0001.jpg", "species": "dog", "keypoints": {"eye_left_img": [x, y], ...}}``
     with image-side names and pixel-centre coordinates in the image as stored
-    (the images are the face crops, so nothing is re-cropped).
+    (nothing is re-cropped). In the faces set the images are the face crops;
+    in the ``wild`` layout (whole photos, ``shared/data/wild``) each record
+    also has ``"face_box": [x0, y0, x1, y1]``, the labelled face in photo
+    pixels (edge coordinates), kept as [FaceSample.face_box][dife.eval.readers.FaceSample].
 
     Args:
         root: The folder.
         species: Keep only these species (default: all).
 
     Returns:
-        One :class:`FaceSample` per record, ``box=None`` (the image as given),
-        ``id`` = the image file name.
+        One [FaceSample][dife.eval.readers.FaceSample] per record, ``box=None`` (the image as given),
+        ``id`` = the image file name, ``face_box`` from the record (or ``None``).
 
     Raises:
-        InputError: missing / malformed ``annotations.json``.
+        InputError: missing / malformed ``annotations.json`` (or a malformed ``face_box``).
         KeypointError: a keypoint that is not two finite numbers.
     """
     root = Path(root)
@@ -436,6 +466,7 @@ def read_faces_folder(root: str | os.PathLike[str], *, species: Iterable[str] | 
         if keep is not None and sp not in keep:
             continue
         kps = {str(k): _xy(v, f"{where}.keypoints.{k}") for k, v in rec["keypoints"].items()}
+        fb = rec.get("face_box")
         out.append(
             FaceSample(
                 id=str(rec["image"]),
@@ -446,6 +477,7 @@ def read_faces_folder(root: str | os.PathLike[str], *, species: Iterable[str] | 
                 size=None,
                 dataset="faces",
                 extra={k: rec[k] for k in ("source", "license") if k in rec},
+                face_box=None if fb is None else _box4(fb, f"{where}.face_box"),
             )
         )
     return out

@@ -6,9 +6,12 @@ Example:
     >>> res, views = evaluate(samples, [resolve_method("identity")], counts=100)  # doctest: +SKIP
     >>> print(markdown_report(res))  # doctest: +SKIP
 
-For each crop protocol and method, every pair's shared keypoints are carried
-from the source view to the target view (:mod:`dife.eval.crops`) and compared
-with the target's ground truth (:mod:`dife.eval.metrics`).
+For each protocol and method, every pair's shared keypoints are carried
+from the source view to the target view ([dife.eval.crops][]) and compared
+with the target's ground truth ([dife.eval.metrics][]). Under the ``wild``
+protocol (whole photos with labelled face boxes) the errors are relative to
+the target's face box; with ``detection=True``, [run_eval][dife.eval.run.run_eval]
+also scores the face finder on the same photos ([dife.eval.detection][]).
 """
 
 from __future__ import annotations
@@ -24,13 +27,13 @@ from typing import Any
 import numpy as np
 
 from dife.errors import InputError
-from dife.eval.crops import CROP_PROTOCOLS, JITTER_SCALE, make_view
-from dife.eval.methods import BaseMethod, Method
-from dife.eval.metrics import GroupSummary, PairResult, aggregate, interocular, point_errors
+from dife.eval.crops import CROP_PROTOCOLS, JITTER_SCALE, PROTOCOLS, WILD, make_view, reference_size
+from dife.eval.methods import BaseMethod, Method, Transferred
+from dife.eval.metrics import GroupSummary, PairResult, aggregate, frame_summary, interocular, point_errors
 from dife.eval.pairs import GROUP_ORDER, Pair, make_pairs
 from dife.eval.readers import Face, FaceSample, read_dataset
 
-__all__ = ["MethodRun", "EvalResult", "evaluate", "run_eval"]
+__all__ = ["MethodRun", "EvalResult", "default_protocols", "evaluate", "run_eval"]
 
 
 @dataclass
@@ -38,16 +41,20 @@ class MethodRun:
     """One method under one crop protocol.
 
     Attributes:
-        method: The method's description (:meth:`BaseMethod.describe`).
+        method: The method's description ([describe][dife.eval.methods.BaseMethod.describe]).
         seconds: Wall time of the transfers.
-        results: One :class:`PairResult` per pair.
+        results: One [PairResult][dife.eval.metrics.PairResult] per pair.
         summary: ``{group: GroupSummary}`` plus ``"all"``.
+        frames: How well the method framed the faces, for data with labelled
+            face boxes and methods that report their framing
+            ([frame_summary][dife.eval.metrics.frame_summary]); ``None`` otherwise.
     """
 
     method: dict[str, Any]
     seconds: float
     results: list[PairResult]
     summary: dict[str, GroupSummary]
+    frames: dict[str, Any] | None = None
 
 
 @dataclass
@@ -59,12 +66,15 @@ class EvalResult:
         samples: The dataset's samples.
         pairs: The pairs (indices into ``samples``).
         runs: ``{protocol: {method name: MethodRun}}``.
+        detection: The face-finder report on the same data
+            ([DetectionReport][dife.eval.detection.DetectionReport]), or ``None``.
     """
 
     config: dict[str, Any]
     samples: list[FaceSample]
     pairs: list[Pair]
     runs: dict[str, dict[str, MethodRun]] = field(default_factory=dict)
+    detection: Any = None
 
     @property
     def species_counts(self) -> dict[str, int]:
@@ -103,11 +113,18 @@ class _Views:
         return self._views[key]
 
 
+def default_protocols(samples: Sequence[FaceSample]) -> tuple[str, ...]:
+    """``("wild",)`` when every sample is a whole image with a labelled face box, else the crop protocols."""
+    if samples and all(s.face_box is not None and s.box is None for s in samples):
+        return (WILD,)
+    return CROP_PROTOCOLS
+
+
 def evaluate(
     samples: Sequence[FaceSample],
     methods: Sequence[Method | BaseMethod],
     *,
-    protocols: Sequence[str] = CROP_PROTOCOLS,
+    protocols: Sequence[str] | None = None,
     pairs: Sequence[Pair] | None = None,
     counts: int | dict[str, int] | None = None,
     groups: Sequence[str] | None = None,
@@ -121,24 +138,26 @@ def evaluate(
     """Evaluate methods on a dataset.
 
     Args:
-        samples: The dataset (:func:`dife.eval.readers.read_dataset`).
-        methods: Methods (:func:`dife.eval.methods.resolve_method`); names must differ.
-        protocols: Crop protocols, from :data:`~dife.eval.crops.CROP_PROTOCOLS`.
-        pairs: Pairs to use (default: :func:`~dife.eval.pairs.make_pairs`
+        samples: The dataset ([read_dataset][dife.eval.readers.read_dataset]).
+        methods: Methods ([resolve_method][dife.eval.methods.resolve_method]); names must differ.
+        protocols: Protocols, from [PROTOCOLS][dife.eval.crops.PROTOCOLS]
+            (default: [default_protocols][dife.eval.run.default_protocols]:
+            ``wild`` for whole photos with face boxes, else ``aligned`` and ``jittered``).
+        pairs: Pairs to use (default: [make_pairs][dife.eval.pairs.make_pairs]
             with ``counts``, ``groups`` and ``seed``).
-        counts: Pairs per group (see :func:`~dife.eval.pairs.make_pairs`).
+        counts: Pairs per group (see [make_pairs][dife.eval.pairs.make_pairs]).
         groups: Groups to draw (default: all).
         seed: Seed of the pairs, the jitter and the bootstrap.
         n_boot: Bootstrap resamples.
         jitter_scale: Side range of the ``jittered`` protocol.
-        chunk: Pairs per :meth:`~BaseMethod.transfer_many` call.
+        chunk: Pairs per [transfer_many][dife.eval.methods.BaseMethod.transfer_many] call.
         progress: Called with one line per finished (protocol, method).
-        config: Extra entries for :attr:`EvalResult.config`.
+        config: Extra entries for the ``config`` of [EvalResult][dife.eval.run.EvalResult].
 
     Returns:
-        ``(result, view)``: the :class:`EvalResult` and the
+        ``(result, view)``: the [EvalResult][dife.eval.run.EvalResult] and the
         ``(protocol, sample index) -> Face`` function of the views the methods
-        saw (for :func:`dife.eval.report.write_panels`).
+        saw (for [write_panels][dife.eval.report.write_panels]).
 
     Raises:
         InputError: no samples / methods / pairs, duplicate method names or an
@@ -151,9 +170,18 @@ def evaluate(
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise InputError(f"method names must differ, got {names}")
-    bad = [p for p in protocols if p not in CROP_PROTOCOLS]
+    if protocols is None:
+        protocols = default_protocols(samples)
+    bad = [p for p in protocols if p not in PROTOCOLS]
     if bad or not protocols:
-        raise InputError(f"unknown crop protocol(s) {bad}; choose from {', '.join(CROP_PROTOCOLS)}")
+        raise InputError(f"unknown protocol(s) {bad}; choose from {', '.join(PROTOCOLS)}")
+    if WILD in protocols:
+        lacking = [s.id for s in samples if s.face_box is None]
+        if lacking:
+            raise InputError(
+                f"the {WILD} protocol needs a labelled face box per image ('face_box' in annotations.json, "
+                f"as in the wild layout); {len(lacking)} of {len(samples)} have none (e.g. {lacking[0]!r})"
+            )
     pair_list = list(pairs) if pairs is not None else make_pairs(samples, counts=counts, groups=groups, seed=seed)
     if not pair_list:
         raise InputError(
@@ -175,22 +203,60 @@ def evaluate(
                 tgts = [views(protocol, p.tgt) for p in part]
                 src_pts = [f.points(p.names) for f, p in zip(srcs, part, strict=True)]
                 if isinstance(method, BaseMethod):
-                    preds = method.transfer_many([f.image for f in srcs], [f.image for f in tgts], src_pts)
+                    outs = method.transfer_framed(
+                        [f.image for f in srcs],
+                        [f.image for f in tgts],
+                        src_pts,
+                        src_boxes=[f.face_box for f in srcs],
+                        tgt_boxes=[f.face_box for f in tgts],
+                    )
                 else:
-                    preds = [method.transfer(a.image, b.image, q) for a, b, q in zip(srcs, tgts, src_pts, strict=True)]
-                for k, (p, a, b, q, pred) in enumerate(zip(part, srcs, tgts, src_pts, preds, strict=True)):
+                    outs = [
+                        Transferred(np.asarray(method.transfer(a.image, b.image, q), dtype=np.float64))
+                        for a, b, q in zip(srcs, tgts, src_pts, strict=True)
+                    ]
+                for k, (p, a, b, q, o) in enumerate(zip(part, srcs, tgts, src_pts, outs, strict=True)):
                     gt = b.points(p.names)
-                    pred = np.asarray(pred, dtype=np.float64).reshape(gt.shape)
-                    errs = point_errors(pred, gt, b.width, b.height, iod=interocular(b.keypoints))
-                    prs.append(PairResult(p.group, a.id, b.id, p.names, q, pred, gt, errs, index=s + k))
+                    pred = np.asarray(o.points, dtype=np.float64).reshape(gt.shape)
+                    ref_w, ref_h = reference_size(b, protocol)
+                    errs = point_errors(pred, gt, ref_w, ref_h, iod=interocular(b.keypoints))
+                    prs.append(
+                        PairResult(
+                            p.group,
+                            a.id,
+                            b.id,
+                            p.names,
+                            q,
+                            pred,
+                            gt,
+                            errs,
+                            index=s + k,
+                            src_box=o.src_box,
+                            tgt_box=o.tgt_box,
+                            src_face=o.src_face.to_dict() if o.src_face is not None else None,
+                            tgt_face=o.tgt_face.to_dict() if o.tgt_face is not None else None,
+                            src_iou=_iou(o.src_box, a.face_box),
+                            tgt_iou=_iou(o.tgt_box, b.face_box),
+                        )
+                    )
             seconds = time.perf_counter() - t0
             summary = aggregate(prs, n_boot=n_boot, seed=seed)
             desc = method.describe() if isinstance(method, BaseMethod) else {"name": method.name}
-            result.runs[protocol][method.name] = MethodRun(desc, seconds, prs, summary)
+            result.runs[protocol][method.name] = MethodRun(
+                desc, seconds, prs, summary, frame_summary(prs, detects=getattr(method, "framing", None) == "detect")
+            )
             if progress is not None:
                 allm = summary["all"].stats["err70"].mean
                 progress(f"{protocol} / {method.name}: {len(prs)} pairs, err70 {allm:.2f}, {seconds:.1f} s")
     return result, views
+
+
+def _iou(a: Any, b: Any) -> float | None:
+    if a is None or b is None:
+        return None
+    from dife.train.detector import box_iou
+
+    return float(box_iou(a, b))
 
 
 def run_eval(
@@ -199,7 +265,7 @@ def run_eval(
     *,
     format: str = "auto",
     out: str | os.PathLike[str] | None = None,
-    protocols: Sequence[str] = CROP_PROTOCOLS,
+    protocols: Sequence[str] | None = None,
     counts: int | dict[str, int] | None = None,
     seed: int = 0,
     n_boot: int = 1000,
@@ -207,33 +273,59 @@ def run_eval(
     method_options: dict[str, Any] | None = None,
     reader_options: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
+    framings: Sequence[str] | None = None,
+    detection: bool = False,
+    detector: Any = None,
 ) -> EvalResult:
     """Read ``data``, evaluate ``methods`` and (with ``out``) write the reports.
 
     Args:
-        data: Dataset path (see :func:`~dife.eval.readers.read_dataset`).
-        methods: Method names or objects (:func:`~dife.eval.methods.resolve_method`).
+        data: Dataset path (see [read_dataset][dife.eval.readers.read_dataset]).
+        methods: Method names or objects ([resolve_method][dife.eval.methods.resolve_method]).
         format: Dataset format.
         out: Folder for ``report.md``, ``results.json`` and ``panels/*.png``
             (None: write nothing).
-        protocols: As in :func:`evaluate`.
-        counts: As in :func:`evaluate`.
-        seed: As in :func:`evaluate`.
-        n_boot: As in :func:`evaluate`.
+        protocols: As in [evaluate][dife.eval.run.evaluate] (default: ``wild`` for whole photos
+            with face boxes, else ``aligned`` and ``jittered``).
+        counts: As in [evaluate][dife.eval.run.evaluate].
+        seed: As in [evaluate][dife.eval.run.evaluate].
+        n_boot: As in [evaluate][dife.eval.run.evaluate].
         panels: Best / worst pairs per panel (0: no panels).
-        method_options: Keyword arguments of :func:`resolve_method`.
+        method_options: Keyword arguments of [resolve_method][dife.eval.methods.resolve_method].
         reader_options: Keyword arguments of the reader.
         progress: Progress callback.
+        framings: Framings ([FRAMINGS][dife.eval.methods.FRAMINGS]) to run each
+            method name that takes one under (DIFE models, ``identity``): one
+            report row per method and framing. ``None``: each method's default.
+        detection: Also score the face finder on the data
+            ([detection_report][dife.eval.detection.detection_report]; needs
+            whole photos with face boxes).
+        detector: Face finder for the ``detect`` framing and the detection
+            report (a folder, a [FaceDetector][dife.modeling.face_detector.FaceDetector],
+            or ``None`` for the shipped one).
 
     Returns:
-        The :class:`EvalResult`.
+        The [EvalResult][dife.eval.run.EvalResult] (with ``detection`` set when asked for).
     """
-    from dife.eval.methods import resolve_method
+    from dife.eval.methods import resolve_method, takes_framing
     from dife.eval.report import write_json, write_markdown, write_panels
 
     samples = read_dataset(data, format=format, **(reader_options or {}))
-    resolved = [resolve_method(m, **(method_options or {})) for m in methods]
+    opts = dict(method_options or {})
+    if detector is not None:
+        opts["detector"] = detector
+    resolved: list[BaseMethod] = []
+    for m in methods:
+        if framings and not isinstance(m, BaseMethod) and takes_framing(m):
+            resolved += [resolve_method(m, **opts, framing=f) for f in dict.fromkeys(framings)]
+        else:
+            resolved.append(resolve_method(m, **opts))
     cfg = {"data": str(data), "format": format, "counts": counts}
+    report = None
+    if detection:
+        from dife.eval.detection import detection_report
+
+        report = detection_report(samples, detector, device=opts.get("device"), progress=progress)
     result, views = evaluate(
         samples,
         resolved,
@@ -244,6 +336,7 @@ def run_eval(
         progress=progress,
         config=cfg,
     )
+    result.detection = report
     if out is not None:
         o = Path(out)
         write_markdown(result, o / "report.md")

@@ -76,5 +76,5 @@ def test_apply_crop_maps_points():
     v = apply_crop(f, SubCrop(32.0, 40.0, 64.0), out_size=128)
     x, y = v.keypoints["nose"]
     assert (x, y) == pytest.approx(((64 + 0.5 - 32) * 2 - 0.5, (80 + 0.5 - 40) * 2 - 0.5))
-    with pytest.raises(InputError, match="crop protocol"):
+    with pytest.raises(InputError, match="unknown protocol"):
         make_view(f, "rotated")

@@ -61,7 +61,7 @@ def test_eval_identity_end_to_end(tmp_path, capsys):
     }
     assert all("quokka" not in p["src"] + p["tgt"] for p in res["pairs"])
     aligned = res["results"]["aligned"]["identity"]
-    assert aligned["method"] == {"name": "identity"}
+    assert aligned["method"] == {"name": "identity", "framing": "image"}
     assert len(aligned["pairs"]) == 36
     err = aligned["groups"]["all"]["err70"]
     assert err["lo"] <= err["mean"] <= err["hi"] and err["n_pairs"] == 36

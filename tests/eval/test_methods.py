@@ -104,16 +104,31 @@ def test_feature_nn_follows_the_pixel_centre_convention():
 def test_dife_method_matches_transfer_keypoints(tiny_model):
     from dife.transfer import transfer_keypoints
 
-    m = DIFEMethod(tiny_model, batch_size=2)
-    assert m.name == "dife" and isinstance(m, BaseMethod)
-    imgs = [_textured(64, 64, i) for i in range(3)]
+    m = DIFEMethod(tiny_model, batch_size=2, framing="image")
+    assert m.name == "dife [image]" and isinstance(m, BaseMethod)
+    imgs = [_textured(64, 80, i) for i in range(3)]
     pts = [np.array([[10.0, 12.0], [40.0, 50.0]]), np.array([[20.0, 20.0]])]  # different N: two batches
-    out = m.transfer_many(imgs[:2], imgs[1:3], pts)
+    framed = m.transfer_framed(imgs[:2], imgs[1:3], pts)
+    out = [t.points for t in framed]
     assert [o.shape for o in out] == [(2, 2), (1, 2)]
-    ref = transfer_keypoints(imgs[0], imgs[1], pts[0], model=tiny_model)
+    ref = transfer_keypoints(imgs[0], imgs[1], pts[0], model=tiny_model, src_box="image", tgt_box="image")
     np.testing.assert_allclose(out[0], ref, atol=1e-4)
     assert all(np.all(o >= -0.5) and np.all(o <= 63.5) for o in out)
-    assert m.describe()["domains"] == list(tiny_model.domains)
+    # the centred square of the 80 x 64 images framed both sides; no detection
+    assert framed[0].src_box == framed[0].tgt_box == (8.0, 0.0, 72.0, 64.0)
+    assert framed[0].src_face is None
+    d = m.describe()
+    assert d["domains"] == list(tiny_model.domains) and d["framing"] == "image" and "detector" not in d
+
+
+def test_dife_method_without_a_face_finder_fails_at_once(tiny_model, monkeypatch):
+    import dife.detection as det
+
+    monkeypatch.setattr(det, "_WEIGHTS", det._WEIGHTS.parent / "no-such-weights-folder")
+    monkeypatch.setattr(det, "_default", None)
+    with pytest.raises(ModelNotFoundError, match="face finder"):
+        DIFEMethod(tiny_model)  # framing detect (the default) needs the finder
+    assert DIFEMethod(tiny_model, framing="true").detector is None
 
 
 # ------------------------------------------------------------------ resolve
