@@ -29,7 +29,7 @@ class Rigged(FaceDetector):
     """A detector whose output maps are fixed: one peak per (i, j, prob, side_px, species) on a 64-px view."""
 
     def __init__(self, peaks):
-        super().__init__(FaceDetectorConfig(input_size=64))
+        super().__init__(FaceDetectorConfig(input_size=64, feature_stages=(2, 4, 5)))
         self.peaks = peaks
         self.seen: list[torch.Tensor] = []
 
@@ -96,7 +96,7 @@ def test_detect_faces_bad_arguments():
 
 def test_save_and_load_round_trip(tmp_path):
     torch.manual_seed(0)
-    det = FaceDetector(FaceDetectorConfig(input_size=64, extra={"licence": "test"})).eval()
+    det = FaceDetector(FaceDetectorConfig(input_size=64, feature_stages=(2, 4, 5), extra={"licence": "test"})).eval()
     folder = save_detector(det, tmp_path / "ff")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     again = load_detector(folder)
@@ -113,7 +113,7 @@ def test_save_and_load_round_trip(tmp_path):
 def test_load_refuses_bad_folders(tmp_path):
     with pytest.raises(ModelNotFoundError):
         load_detector(tmp_path / "missing")
-    det = FaceDetector(FaceDetectorConfig(input_size=64))
+    det = FaceDetector(FaceDetectorConfig(input_size=64, feature_stages=(2, 4, 5)))
     folder = save_detector(det, tmp_path / "ff")
     (folder / "model.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(CheckpointError):

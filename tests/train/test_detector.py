@@ -83,6 +83,44 @@ def test_sample_views_keep_the_landmarks_inside():
     assert min(sides) < 1.0 < max(sides)  # tighter and looser than the face box
 
 
+def test_mined_faces_become_ignored_regions():
+    """A confident detection away from every annotation is added as an ignored region; one on a label is not."""
+    from dife.modeling.face_detector import FaceDetectorConfig
+    from dife.train.detector import mine_unlabelled_faces
+
+    class Cache:
+        n = 1
+        transforms = np.array([[0.0, 0.0, 128.0, 0.0]])
+        photo = np.array([0])
+
+        def batch(self, idx):
+            return [torch.zeros(1)], {}
+
+    class Head:
+        config = FaceDetectorConfig(input_size=64)
+
+        def eval(self):
+            return self
+
+        def head(self, feats):
+            return {}
+
+        def decode(self, out, min_score):
+            from dife.modeling.face_detector import RawDetection
+
+            p = torch.full((6,), 1 / 6)
+            return [[
+                RawDetection((8.0, 8.0, 24.0, 24.0), 0.9, 0, p, torch.zeros(5, 2)),  # the labelled face (x2)
+                RawDetection((40.0, 40.0, 56.0, 56.0), 0.8, 1, p, torch.zeros(5, 2)),  # nobody's
+            ]]
+
+    photo = PhotoRecord(None, 128, 100, (_face((16.0, 16.0, 48.0, 48.0), "human"),))  # type: ignore[arg-type]
+    (out,), n = mine_unlabelled_faces(Head(), Cache(), [photo])  # type: ignore[arg-type]
+    assert n == 1 and len(out.faces) == 2
+    added = out.faces[1]
+    assert added.box is None and added.body == (80.0, 80.0, 112.0, 112.0) and added.species == "dog"
+
+
 def test_heat_focal_loss_by_hand():
     logits = torch.tensor([[[0.0, math.log(3.0)]]])  # p = 0.5 at a centre, 0.75 elsewhere
     target = torch.tensor([[[1.0, 0.5]]])
@@ -142,6 +180,8 @@ def test_train_detector_end_to_end(tmp_path):
         batch_size=6,
         val_every=6,
         min_face=4.0,
+        mine_steps=6,
+        mine_score=0.01,
     )
     torch.manual_seed(0)
     backbone = FaceDetector(FaceDetectorConfig(input_size=64)).backbone.state_dict()
@@ -149,9 +189,10 @@ def test_train_detector_end_to_end(tmp_path):
     out = train_detector(cfg, backbone_state=backbone, progress=lines.append)
     assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
     hist = json.loads((out / "metrics.json").read_text())["history"]
-    assert [h["step"] for h in hist] == [6, 12]
+    assert [h["step"] for h in hist] == [6, 12, 18]
     det = load_detector(out)
-    assert det.config.input_size == 64 and det.config.extra["training"]["steps"] == 12
+    assert det.config.input_size == 64 and det.config.extra["training"]["steps"] == 18
+    assert det.config.extra["training"]["best_step"] in (6, 12, 18)
     assert isinstance(detect_faces(data / "p0.png", model=det, min_score=0.0), list)
     # a trained folder is not replaced unless asked; the cache is reused by a second run with the same settings
     with pytest.raises(InputError, match="already holds"):
