@@ -8,7 +8,10 @@ cosine similarity.
 
 The nearest-neighbour search is chunked over the queries so that no more than
 about :data:`CHUNK_BYTES` of similarities exist at once, whatever the number of
-queries (e.g. all 9,216 pixels of a 96 x 96 map against another 96 x 96 map).
+queries (e.g. all 9,216 pixels of a 96 x 96 map against another 96 x 96 map);
+on the CPU the automatic chunk is smaller (:data:`CPU_CHUNK_BYTES`), so that a
+chunk of similarities stays in the cache between the matrix product that
+writes it and the arg-max that reads it.
 Results do not depend on the chunk size (up to the last-bit rounding of the
 matrix products, which BLAS may order differently for other chunk shapes).
 """
@@ -25,6 +28,7 @@ from dife.errors import InputError, ShapeError
 
 __all__ = [
     "CHUNK_BYTES",
+    "CPU_CHUNK_BYTES",
     "auto_chunk_size",
     "cosine_similarity_maps",
     "sample_descriptors",
@@ -36,6 +40,8 @@ __all__ = [
 
 #: Memory budget of one chunk of similarity maps, in bytes (64 MiB).
 CHUNK_BYTES: int = 64 * 2**20
+#: Budget of one automatic chunk when the target map is on the CPU (cache-sized, 2 MiB).
+CPU_CHUNK_BYTES: int = 2 * 2**20
 
 
 # ------------------------------------------------------------------ validation
@@ -80,7 +86,8 @@ def auto_chunk_size(num_targets: int, element_size: int = 4, budget_bytes: int =
 
 def _chunk_size(chunk_size: int | None, target: torch.Tensor) -> int:
     if chunk_size is None:
-        return auto_chunk_size(target.shape[1] * target.shape[2], target.element_size())
+        budget = CPU_CHUNK_BYTES if target.device.type == "cpu" else CHUNK_BYTES
+        return auto_chunk_size(target.shape[1] * target.shape[2], target.element_size(), budget)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     return chunk_size
@@ -146,7 +153,8 @@ def nearest_neighbors(
         query: (N, C) descriptors, unit L2 norm.
         target: (C, H, W) feature map, unit L2 norm.
         chunk_size: Queries per chunk; ``None`` picks the largest chunk whose
-            (chunk, H * W) similarities fit in :data:`CHUNK_BYTES`.
+            (chunk, H * W) similarities fit in `CHUNK_BYTES`
+            (`CPU_CHUNK_BYTES` for a target on the CPU).
 
     Returns:
         ``(peaks, similarity)``: ``peaks`` (N, 2) long ``(x, y)`` integer grid
@@ -260,7 +268,8 @@ def match(
         refine: Refine the integer peaks to sub-pixel positions.
         window: Odd soft-argmax window side (see :func:`refine_soft_argmax`).
         temperature: Soft-argmax temperature > 0.
-        chunk_size: Queries per chunk; ``None``: automatic (:data:`CHUNK_BYTES`).
+        chunk_size: Queries per chunk; ``None``: automatic (`CHUNK_BYTES`,
+            `CPU_CHUNK_BYTES` on the CPU).
         prior_points: Optional (N, 2) ``(x, y)`` expected location of each
             match, in grid coordinates of a map of the same size as
             ``target`` (usually the query's own position in its map).
@@ -356,7 +365,19 @@ def mutual_nearest(
     _check_points(tgt_pts_grid, "tgt_pts_grid", src_pts_grid.shape[0])
     if isinstance(radius_px, bool) or not isinstance(radius_px, (int, float)) or not radius_px >= 0:
         raise InputError(f"radius_px must be a non-negative number, got {radius_px!r}")
-    desc = sample_descriptors(tgt_feats, tgt_pts_grid)
+    pts = tgt_pts_grid
+    inverse = None
+    integer = not pts.is_floating_point() or bool((pts == pts.round()).all())
+    if pts.shape[0] > 1 and integer:
+        # integer points (e.g. the peaks of a dense match) repeat: search each distinct one once
+        uniq, inverse = torch.unique(pts.long(), dim=0, return_inverse=True)
+        if uniq.shape[0] < pts.shape[0]:
+            pts = uniq.to(tgt_pts_grid.dtype if tgt_pts_grid.is_floating_point() else torch.float32)
+        else:
+            inverse = None
+    desc = sample_descriptors(tgt_feats, pts)
     back, _ = nearest_neighbors(desc.to(src_feats.device), src_feats, chunk_size=chunk_size)
+    if inverse is not None:
+        back = back[inverse.to(back.device)]
     d = back.to(torch.float64) - src_pts_grid.to(device=back.device, dtype=torch.float64)
     return (d * d).sum(dim=1) <= float(radius_px) ** 2
