@@ -43,6 +43,7 @@ _LAZY: dict[str, str] = {
     "transfer_dense": "dife.transfer",
     "DenseCorrespondence": "dife.transfer",
     "KeypointScores": "dife.transfer",
+    "TransferPredictor": "dife.transfer",
     "parse_face": "dife.parsing",
     "FaceParser": "dife.parsing",
     "kmeans": "dife.parsing",
@@ -76,6 +77,7 @@ __all__ = [
     "KeypointScores",
     "ModelNotFoundError",
     "ShapeError",
+    "TransferPredictor",
     "UnknownDomainError",
     "__version__",
     "draw_keypoints",
@@ -120,5 +122,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from dife.modeling.dife import DIFE
     from dife.parsing import FaceParser, kmeans, parse_face
     from dife.registry import list_models
-    from dife.transfer import DenseCorrespondence, KeypointScores, transfer_dense, transfer_keypoints
+    from dife.transfer import (
+        DenseCorrespondence,
+        KeypointScores,
+        TransferPredictor,
+        transfer_dense,
+        transfer_keypoints,
+    )
     from dife.viz import draw_keypoints, draw_matches, draw_parts, embedding_to_rgb
