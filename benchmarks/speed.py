@@ -17,7 +17,7 @@ after one warm-up; a row stops repeating once ``--budget`` seconds are spent):
 * ``import dife`` in a fresh interpreter (no torch is imported);
 * ``conv3x3``: a plain 3x3 convolution (16 x 64 x 48 x 48 -> 64 channels,
   fp32), the device's own dense-convolution rate in GFLOP/s;
-* :func:`dife.embed` of ``(B, 3, S, S)`` images (``S`` the model's input size)
+* `dife.embed` of ``(B, 3, S, S)`` images (``S`` the model's input size)
   for each batch size of ``--batches``, twice: ``embed_b<B>_before`` with
   ``backend="reference"`` (the model's own forward on whole batches, the code
   path of dife 0.1.0) and ``embed_b<B>`` with the default backend (the
@@ -28,16 +28,16 @@ after one warm-up; a row stops repeating once ``--budget`` seconds are spent):
 * with ``--variants`` (default on CUDA: all): the bare network on a device
   tensor at each batch of ``--variant-batches`` (default 1,64,256 on CUDA):
   ``forward_reference`` (the model's forward, fp32) and the inference path
-  ([dife.modeling.inference.encode]) in fp32, bf16 autocast, channels-last,
+  (`dife.modeling.inference.encode`) in fp32, bf16 autocast, channels-last,
   both, and through ``torch.compile`` (with and without bf16);
-* :func:`dife.transfer_keypoints` between two ``S x S`` images for 5 points
+* `dife.transfer_keypoints` between two ``S x S`` images for 5 points
   and for every pixel centre (``S * S`` points, 9,216 at 96 x 96), and
-  :func:`dife.transfer_dense` (the dense field with its backward map);
+  `dife.transfer_dense` (the dense field with its backward map);
 * one source carried to ``--targets`` targets (5 points each): one
-  :func:`dife.transfer_keypoints` call per target (the source embedded every
+  `dife.transfer_keypoints` call per target (the source embedded every
   time), one call with the list of targets, and
-  :class:`dife.TransferPredictor` (the source embedded once);
-* one optimiser step of a real :class:`dife.train.Trainer` on the photos of
+  `dife.TransferPredictor` (the source embedded once);
+* one optimiser step of a real `dife.train.Trainer` on the photos of
   ``../shared/data/unlabeled`` with the shipped ``dife_base`` config, for
   each of ``--train-configs`` (``model``: the benchmarked model's widths;
   ``paper``: the paper's widths; default ``model`` on the CPU, both on
@@ -552,7 +552,7 @@ def conv_spec(device: str) -> Spec:
 
 
 def bench_embed(ctx: Context, batches: Sequence[int]) -> None:
-    """``conv3x3`` and :func:`dife.embed` before / after at each batch, round-robin in one group.
+    """``conv3x3`` and `dife.embed` before / after at each batch, round-robin in one group.
 
     Images are random ``(B, 3, S, S)`` tensors in [0, 1] on the CPU, as loaded
     images are. ``_before``: ``backend="reference"``; the other: the default.
@@ -755,7 +755,7 @@ def train_extra_missing() -> str | None:
 
 
 def bench_train(ctx: Context, quick: bool, precisions: Sequence[str], configs: Sequence[str] = ("model",)) -> None:
-    """Optimiser steps of :class:`dife.train.Trainer` with the shipped ``dife_base`` config.
+    """Optimiser steps of `dife.train.Trainer` with the shipped ``dife_base`` config.
 
     The student has, per entry of ``configs``, the benchmarked model's widths
     (``"model"``, row ``train_step``) or the paper's (``"paper"``, row

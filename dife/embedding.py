@@ -423,7 +423,7 @@ class Embedding:
 
 
 # ------------------------------------------------------------------------ network core
-#: How :func:`embed` runs the network: ``"auto"`` (the inference path of
+#: How [embed][dife.embedding.embed] runs the network: ``"auto"`` (the inference path of
 #: `dife.modeling.inference.encode` in cache-sized micro-batches where the
 #: model allows it, else the model's forward), ``"reference"`` (the model's
 #: own forward on whole ``batch_size`` chunks, in the standard layout: the path
@@ -551,7 +551,7 @@ def embed(
         progress: Show a tqdm progress bar.
         backend: How the network runs (results agree to about 1e-5):
             ``"auto"`` (default): the inference path
-            ([encode][dife.modeling.inference.encode]: channels-last on the
+            (`dife.modeling.inference.encode`: channels-last on the
             CPU, in cache-sized micro-batches) for a stock model, the model's
             own forward otherwise; ``"reference"``: the model's forward on
             whole ``batch_size`` chunks; ``"compile"``: ``"auto"`` through

@@ -9,7 +9,7 @@ cosine similarity.
 The nearest-neighbour search is chunked over the queries so that no more than
 about :data:`CHUNK_BYTES` of similarities exist at once, whatever the number of
 queries (e.g. all 9,216 pixels of a 96 x 96 map against another 96 x 96 map);
-on the CPU the automatic chunk is smaller (:data:`CPU_CHUNK_BYTES`), so that a
+on the CPU the automatic chunk is smaller (`CPU_CHUNK_BYTES`), so that a
 chunk of similarities stays in the cache between the matrix product that
 writes it and the arg-max that reads it.
 Results do not depend on the chunk size (up to the last-bit rounding of the

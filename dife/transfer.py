@@ -8,9 +8,10 @@ precision with a windowed soft-argmax, and mapped back to *target image*
 pixels. Points follow :mod:`dife.coords`: float ``(x, y)`` in the original
 image, integers at pixel centres.
 
-Either side may be given as an :class:`dife.embedding.Embedding` (from
-:func:`dife.embed`) instead of images, so a face embedded once can be carried
-to any number of targets; :class:`TransferPredictor` holds one source face for
+Either side may be given as an [Embedding][dife.embedding.Embedding] (from
+[embed][dife.embedding.embed]) instead of images, so a face embedded once can
+be carried to any number of targets;
+[TransferPredictor][dife.transfer.TransferPredictor] holds one source face for
 that, in the spirit of segment-anything's predictor.
 
 Confidence of a transferred keypoint::
@@ -114,9 +115,9 @@ def _embed(net: DIFE, sources: list[Any], boxes: list[Any], what: str, batch_siz
 
 
 class _Side:
-    """One side of a transfer: images still to embed, or an :class:`Embedding` already computed.
+    """One side of a transfer: images still to embed, or an `Embedding` already computed.
 
-    An :class:`Embedding` of one image counts as one image, of several as a
+    An `Embedding` of one image counts as one image, of several as a
     batch. Its crops were chosen when it was embedded, so no box may be given
     with it.
     """
@@ -576,7 +577,7 @@ def transfer_dense(
         temperature: Soft-argmax temperature (> 0).
         device: Where to run (default: the model's device).
         chunk_size: Queries per chunk of the nearest-neighbour search
-            (``None``: automatic, see [match][dife.matching.match]).
+            (``None``: automatic, see `dife.matching.match`).
 
     Returns:
         A :class:`DenseCorrespondence` with ``M = ceil(S / stride) ** 2`` points.

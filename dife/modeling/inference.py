@@ -1,7 +1,7 @@
 """Inference path of the hourglass encoder: the same modules and weights, run lean.
 
-:func:`encode` computes what ``encoder(x)`` computes (:class:`HourglassEncoder`,
-the reference, used for training) up to float rounding (about 1e-5), faster:
+`encode` computes what ``encoder(x)`` computes (the reference `HourglassEncoder`,
+used for training) up to float rounding (about 1e-5), faster:
 
 * channels-last memory on the CPU (oneDNN convolves NHWC tensors without the
   reorders an NCHW tensor costs at each of the ~60 convolutions);
@@ -17,8 +17,8 @@ the reference, used for training) up to float rounding (about 1e-5), faster:
 GroupNorm is kept as is: its statistics depend on the input, so it does not
 fold into the neighbouring convolutions.
 
-:func:`compiled_encode` wraps :func:`encode` in ``torch.compile`` when asked
-for (never at import, never by default) and falls back to :func:`encode` with
+`compiled_encode` wraps `encode` in ``torch.compile`` when asked
+for (never at import, never by default) and falls back to `encode` with
 a warning when compilation is not available.
 """
 
@@ -42,7 +42,7 @@ __all__ = ["encode", "compiled_encode", "use_channels_last"]
 
 
 def use_channels_last(device: torch.device) -> bool:
-    """Whether :func:`encode` runs in channels-last memory on ``device`` by default (the CPU: yes)."""
+    """Whether `encode` runs in channels-last memory on ``device`` by default (the CPU: yes)."""
     return device.type == "cpu"
 
 
@@ -80,7 +80,7 @@ def _level(hg: Hourglass, n: int, x: torch.Tensor) -> torch.Tensor:
 
 
 def encode(encoder: HourglassEncoder, x: torch.Tensor, *, channels_last: bool | None = None) -> torch.Tensor:
-    """Inference forward of an :class:`HourglassEncoder`, without autograd.
+    """Inference forward of a `HourglassEncoder`, without autograd.
 
     Args:
         encoder: The encoder (its modules and weights are only read).
@@ -118,23 +118,23 @@ _lock = threading.Lock()
 def compiled_encode(
     encoder: HourglassEncoder, x: torch.Tensor, *, channels_last: bool | None = None, **compile_kwargs: object
 ) -> torch.Tensor:
-    """:func:`encode` through ``torch.compile``; falls back cleanly.
+    """`encode` through ``torch.compile``; falls back cleanly.
 
     The first call for an encoder (and for each new input shape) compiles,
     which takes from seconds to minutes (inductor on the CPU needs a C++
     compiler). Where compilation or the compiled call fails, a
-    ``RuntimeWarning`` is issued once per device type and :func:`encode` is
+    ``RuntimeWarning`` is issued once per device type and `encode` is
     used from then on, so the result is always computed.
 
     Args:
         encoder: The encoder.
-        x: (B, 3, H, W) input, as for :func:`encode`.
-        channels_last: As for :func:`encode`.
+        x: (B, 3, H, W) input, as for `encode`.
+        channels_last: As for `encode`.
         **compile_kwargs: Passed to ``torch.compile`` (e.g.
             ``mode="max-autotune"``); ``dynamic=False`` unless given.
 
     Returns:
-        What :func:`encode` returns, up to float rounding.
+        What `encode` returns, up to float rounding.
     """
     if channels_last is None:
         channels_last = use_channels_last(x.device)
