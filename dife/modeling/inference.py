@@ -105,8 +105,8 @@ def encode(encoder: HourglassEncoder, x: torch.Tensor, *, channels_last: bool | 
         x = _stage(e.head_blocks, _level(e.hourglass, e.hourglass.depth, x))
         x = _norm_relu(_conv(x, e.head_conv), e.head_norm)
         x = _conv(x, e.out_conv)  # 1x1 before the (linear, weights summing to 1) bilinear upsampling
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-        return x.contiguous()
+        x = x.contiguous()  # the standard layout on the small map: the upsampled result is contiguous too
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
 
 
 # ------------------------------------------------------------------ torch.compile (optional)
