@@ -214,3 +214,15 @@ def test_mutual_nearest_searches_repeated_points_once(integer, monkeypatch):
     distinct = len({tuple(p) for p in tgt_pts.tolist()})
     assert searched == [distinct if integer else n] and (not integer or distinct < n)
     assert got.any() and not got.all()  # both outcomes occur, so the comparison means something
+
+
+def test_row_max_matches_torch_max_with_ties():
+    from dife.matching import _row_max
+
+    g = torch.Generator().manual_seed(6)
+    s = torch.randn(7, 6 * 5, generator=g)
+    s[2, 4] = s[2, 17] = s[2].max() + 1  # a tie across map rows
+    s[3, 11] = s[3, 12] = s[3].max() + 1  # within a map row
+    val, idx = _row_max(s, 6, 5)
+    want_val, want_idx = s.max(dim=1)
+    assert torch.equal(val, want_val) and torch.equal(idx, want_idx) and idx[2] == 4 and idx[3] == 11
