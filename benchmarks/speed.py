@@ -943,8 +943,15 @@ def markdown(report: dict[str, Any]) -> str:
         "- `GFLOP/s`: the network's FLOPs per image x images/s (for `conv3x3` its own); `% of conv`: that ÷ "
         "`conv3x3`'s GFLOP/s, same run (the conv3x3 and embed rows are timed round-robin in one loop)",
         f"- peak memory: {report['memory_method']}",
-        "",
     ]
+    load = report.get("load_average") or {}
+    if load.get("start") is not None:
+        lines.append(
+            f"- load average (1 min) at the start / end of the run: {load['start']:g} / {load.get('end')} "
+            f"on {d.get('logical_cpus') or os.cpu_count()} logical CPUs (other processes share them: with a load "
+            "near or above the CPU count, multi-threaded rows mostly measure waiting for the other processes)"
+        )
+    lines.append("")
     bar = report.get("checks") or []
     if bar:
         lines += ["The bar (issue 14), this run:", ""]
@@ -1028,6 +1035,14 @@ def _write(path: Path, text: str) -> None:
         f.write(text)
 
 
+def _loadavg() -> float | None:
+    """The machine's 1-minute load average (None where the OS does not say)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
 def run_device(args: argparse.Namespace, device: str, command: str) -> dict[str, Any]:
     """All benchmarks on one device; returns the JSON report (also written to ``--out``)."""
     import torch
@@ -1035,6 +1050,7 @@ def run_device(args: argparse.Namespace, device: str, command: str) -> dict[str,
     import dife
 
     t0 = time.perf_counter()
+    load_start = _loadavg()
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
     net, info = load_model(args.model, args.config)
@@ -1085,6 +1101,7 @@ def run_device(args: argparse.Namespace, device: str, command: str) -> dict[str,
         "skipped": ctx.skipped,
     }
     report["checks"] = checks(report["rows"])
+    report["load_average"] = {"start": load_start, "end": _loadavg()}
     report["seconds"] = time.perf_counter() - t0 + sum(args._import_times)
     out = Path(args.out)
     stem = f"speed_{dinfo['type']}" + ("_quick" if args.quick else "")

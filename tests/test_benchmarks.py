@@ -145,6 +145,7 @@ def test_speed_quick_writes_the_device_the_rows_and_the_ratios(speed, tiny_folde
     assert rows["one_to_many_predictor"]["batch"] == 2 and rows["one_to_many_predictor"]["unit"] == "target"
     assert "1,024 points (dense, 32x32)" in rows["transfer_dense"]["what"]
     assert on_disk["skipped"] == [{"id": "train_step", "reason": "--no-train"}]
+    assert set(on_disk["load_average"]) == {"start", "end"}
     # the bar of the issue, computed from these rows
     assert [c["what"].split(",")[0] for c in on_disk["checks"]] == [
         "latency at batch 1",
