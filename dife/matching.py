@@ -40,8 +40,8 @@ __all__ = [
 
 #: Memory budget of one chunk of similarity maps, in bytes (64 MiB).
 CHUNK_BYTES: int = 64 * 2**20
-#: Budget of one automatic chunk when the target map is on the CPU (cache-sized, 2 MiB).
-CPU_CHUNK_BYTES: int = 2 * 2**20
+#: Budget of one automatic chunk when the target map is on the CPU (cache-sized, 4 MiB).
+CPU_CHUNK_BYTES: int = 4 * 2**20
 
 
 # ------------------------------------------------------------------ validation
