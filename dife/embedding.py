@@ -476,6 +476,17 @@ def micro_batch_size(net: DIFE, device: torch.device, chunk: int) -> int:
     return max(1, min(chunk, CPU_MICRO_BATCH_BYTES // max(1, widest)))
 
 
+def _l2_normalize(x: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = F.normalize(x, dim=1)`` (up to rounding), ~20x faster on the CPU for (B, C, H, W) maps.
+
+    ``torch.linalg.vector_norm`` (inside ``F.normalize``) reduces a strided
+    channel dimension slowly on the CPU; a sum of squares over it is
+    vectorised along the pixels.
+    """
+    norm = x.square().sum(dim=1, keepdim=True).sqrt_().clamp_min_(1e-12)
+    torch.div(x, norm, out=out)
+
+
 def _run_network(net: DIFE, x: torch.Tensor, out: torch.Tensor, backend: str) -> None:
     """Embed the normalised batch ``x`` and write the L2-normalised result into ``out`` (same batch)."""
     n, S = x.shape[0], out.shape[-1]
@@ -504,7 +515,7 @@ def _run_network(net: DIFE, x: torch.Tensor, out: torch.Tensor, backend: str) ->
                 f"the encoder returned {tuple(res.shape)} for input {tuple(x[s : s + step].shape)}; "
                 f"expected {expected[1:]} per image (config.embed_dim x input_size)"
             )
-        out[s : s + step] = F.normalize(res.float(), dim=1)
+        _l2_normalize(res.float(), out[s : s + step])
 
 
 # ------------------------------------------------------------------------ embed

@@ -157,7 +157,9 @@ def sample_descriptors(features: torch.Tensor, points: torch.Tensor) -> torch.Te
     out = F.grid_sample(
         features[None], g.view(1, 1, -1, 2), mode="bilinear", padding_mode="border", align_corners=False
     )
-    return F.normalize(out[0, :, 0].t(), dim=-1)
+    d = out[0, :, 0].t()
+    # F.normalize(d, dim=-1), without torch.linalg.vector_norm (slow on this strided view on the CPU)
+    return d / d.square().sum(dim=-1, keepdim=True).sqrt_().clamp_min_(1e-12)
 
 
 def nearest_neighbors(
