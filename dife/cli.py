@@ -266,7 +266,9 @@ def _face_json(face: Any) -> Any:
 def cmd_transfer(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from dife.transfer import transfer_keypoints
+    from dife.errors import DIFEError
+    from dife.images import load_image
+    from dife.transfer import TransferPredictor
 
     if (args.points is None) == (args.points_file is None):
         raise CLIError("give exactly one of --points 'x,y;x,y' or --points-file FILE")
@@ -281,31 +283,32 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     model = _load_model(args)
     src_box, tgt_box = parse_box(args.src_box), parse_box(args.tgt_box)
     pts = np.asarray(points, dtype=np.float64)
-    targets: Any = args.tgt if len(args.tgt) > 1 else args.tgt[0]
-    result, scores = transfer_keypoints(
-        args.src,
-        targets,
-        pts,
-        src_box=src_box,
-        tgt_box=tgt_box,
-        model=model,
-        return_scores=True,
-        detector=_load_detector(args),
-    )
-    tgt_faces = scores.tgt_face if len(args.tgt) > 1 else [scores.tgt_face]
-    _report_face(f"source face ({args.src})", scores.src_face, src_box)
-    for tgt, face in zip(args.tgt, tgt_faces, strict=True):
-        _report_face(f"target face ({tgt})", face, tgt_box)
-    result = np.asarray(result).reshape(len(args.tgt), len(points), 2)
-    conf = np.asarray(scores.confidence).reshape(len(args.tgt), len(points))
-    sim = np.asarray(scores.similarity).reshape(len(args.tgt), len(points))
-    mutual = np.asarray(scores.mutual).reshape(len(args.tgt), len(points))
+    # the source is embedded once; each target (and --tgt-box, applied to every target) after it
+    predictor = TransferPredictor(model, detector=_load_detector(args))
+    try:
+        src_emb = predictor.set_source(load_image(args.src, what=f"source {args.src}"), box=src_box, points=pts)
+    except DIFEError as e:
+        raise type(e)(f"src: {e}") from None
+    _report_face(f"source face ({args.src})", src_emb.faces[0], src_box)
+    T, N = len(args.tgt), len(points)
+    result, conf = np.zeros((T, N, 2)), np.zeros((T, N))
+    sim, mutual = np.zeros((T, N)), np.zeros((T, N), dtype=bool)
+    tgt_faces: list[Any] = []
+    for t, path in enumerate(args.tgt):
+        try:
+            img = load_image(path, what=f"target {path}")
+        except DIFEError as e:
+            raise type(e)(f"tgt: {e}") from None
+        result[t], scores = predictor.transfer_keypoints(img, pts, tgt_box=tgt_box, return_scores=True)
+        conf[t], sim[t], mutual[t] = scores.confidence, scores.similarity, scores.mutual
+        tgt_faces.append(scores.tgt_face)
+        _report_face(f"target face ({path})", scores.tgt_face, tgt_box)
     records = []
     for t, tgt in enumerate(args.tgt):
         rec = {
             "source": args.src,
             "target": tgt,
-            "source_face": _face_json(scores.src_face),
+            "source_face": _face_json(src_emb.faces[0]),
             "target_face": _face_json(tgt_faces[t]),
             "points": [
                 {
@@ -705,7 +708,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dife {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("transfer", help="carry keypoints from a source face to target face(s)")
+    p = sub.add_parser(
+        "transfer",
+        help="carry keypoints from a source face to target face(s)",
+        description="Carry keypoints from a source face to one or more target faces; the source is embedded once.",
+    )
     p.add_argument("src", help="source image (the labelled face)")
     p.add_argument("tgt", nargs="+", help="target image(s)")
     p.add_argument("--points", help="source keypoints 'x,y;x,y' in source pixels (integer = pixel centre)")
@@ -717,7 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tgt-box",
-        help="target face box 'x0,y0,x1,y1', or 'image' (default: find the best-scoring face)",
+        help="target face box 'x0,y0,x1,y1' applied to every target, or 'image' "
+        "(default: find the best-scoring face of each target)",
     )
     p.add_argument("-o", "--output", help="write a side-by-side picture of the matches (first target)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")

@@ -8,7 +8,10 @@ cosine similarity.
 
 The nearest-neighbour search is chunked over the queries so that no more than
 about :data:`CHUNK_BYTES` of similarities exist at once, whatever the number of
-queries (e.g. all 9,216 pixels of a 96 x 96 map against another 96 x 96 map).
+queries (e.g. all 9,216 pixels of a 96 x 96 map against another 96 x 96 map);
+on the CPU the automatic chunk is smaller (`CPU_CHUNK_BYTES`), so that a
+chunk of similarities stays in the cache between the matrix product that
+writes it and the arg-max that reads it.
 Results do not depend on the chunk size (up to the last-bit rounding of the
 matrix products, which BLAS may order differently for other chunk shapes).
 """
@@ -24,6 +27,7 @@ from dife.errors import InputError, ShapeError
 
 __all__ = [
     "CHUNK_BYTES",
+    "CPU_CHUNK_BYTES",
     "auto_chunk_size",
     "cosine_similarity_maps",
     "sample_descriptors",
@@ -35,6 +39,8 @@ __all__ = [
 
 #: Memory budget of one chunk of similarity maps, in bytes (64 MiB).
 CHUNK_BYTES: int = 64 * 2**20
+#: Budget of one automatic chunk when the target map is on the CPU (cache-sized, 4 MiB).
+CPU_CHUNK_BYTES: int = 4 * 2**20
 
 
 # ------------------------------------------------------------------ validation
@@ -79,11 +85,28 @@ def auto_chunk_size(num_targets: int, element_size: int = 4, budget_bytes: int =
 
 def _chunk_size(chunk_size: int | None, target: torch.Tensor) -> int:
     if chunk_size is None:
-        return auto_chunk_size(target.shape[1] * target.shape[2], target.element_size())
+        budget = CPU_CHUNK_BYTES if target.device.type == "cpu" else CHUNK_BYTES
+        return auto_chunk_size(target.shape[1] * target.shape[2], target.element_size(), budget)
     return check_positive_int(chunk_size, "chunk_size", allow_none=True)
 
 
 # --------------------------------------------------------------------- kernels
+def _row_max(scores: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scores.max(dim=1)`` of an (M, h * w) block: (M,) values and the first index of each in row-major order.
+
+    In two levels, because ``amax`` is vectorised and ``max`` with indices is
+    not: the largest value of each map row, the first map row that holds the
+    maximum, then the first column of that row that does (ties resolve as in
+    ``torch.argmax``: the first occurrence).
+    """
+    m = scores.shape[0]
+    s3 = scores.view(m, h, w)
+    val, row = s3.amax(dim=2).max(dim=1)
+    line = s3[torch.arange(m, device=scores.device), row]  # (M, w)
+    col = (line == val[:, None]).to(torch.uint8).argmax(dim=1)
+    return val, row * w + col
+
+
 def cosine_similarity_maps(query: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Similarity of each query descriptor to every pixel of a target map.
 
@@ -131,7 +154,9 @@ def sample_descriptors(features: torch.Tensor, points: torch.Tensor) -> torch.Te
     out = F.grid_sample(
         features[None], g.view(1, 1, -1, 2), mode="bilinear", padding_mode="border", align_corners=False
     )
-    return F.normalize(out[0, :, 0].t(), dim=-1)
+    d = out[0, :, 0].t()
+    # F.normalize(d, dim=-1), without torch.linalg.vector_norm (slow on this strided view on the CPU)
+    return d / d.square().sum(dim=-1, keepdim=True).sqrt_().clamp_min_(1e-12)
 
 
 def nearest_neighbors(
@@ -143,7 +168,8 @@ def nearest_neighbors(
         query: (N, C) descriptors, unit L2 norm.
         target: (C, H, W) feature map, unit L2 norm.
         chunk_size: Queries per chunk; ``None`` picks the largest chunk whose
-            (chunk, H * W) similarities fit in :data:`CHUNK_BYTES`.
+            (chunk, H * W) similarities fit in `CHUNK_BYTES`
+            (`CPU_CHUNK_BYTES` for a target on the CPU).
 
     Returns:
         ``(peaks, similarity)``: ``peaks`` (N, 2) long ``(x, y)`` integer grid
@@ -158,7 +184,7 @@ def nearest_neighbors(
     peaks = torch.empty((n, 2), dtype=torch.long, device=target.device)
     sims = torch.empty((n,), dtype=torch.result_type(query, target), device=target.device)
     for s in range(0, n, step):
-        sim, idx = (query[s : s + step].to(target.device) @ flat_t).max(dim=1)
+        sim, idx = _row_max(query[s : s + step].to(target.device) @ flat_t, h, w)
         peaks[s : s + step, 0] = idx % w
         peaks[s : s + step, 1] = idx // w
         sims[s : s + step] = sim
@@ -208,6 +234,13 @@ def refine_soft_argmax(
     px, py = pk[:, 0], pk[:, 1]
     if bool(((px < 0) | (px >= w) | (py < 0) | (py >= h)).any()):
         raise InputError(f"peaks must lie inside the {w}x{h} maps (0 <= x < {w}, 0 <= y < {h})")
+    return _refine(sim_maps, pk, window, temperature)
+
+
+def _refine(sim_maps: torch.Tensor, pk: torch.Tensor, window: int, temperature: float) -> torch.Tensor:
+    """`refine_soft_argmax` without the checks: (N, H, W) float maps, (N, 2) long peaks inside them."""
+    n, h, w = sim_maps.shape
+    px, py = pk[:, 0], pk[:, 1]
     r = window // 2
     off = torch.arange(-r, r + 1, device=sim_maps.device)
     dy, dx = (t.reshape(-1) for t in torch.meshgrid(off, off, indexing="ij"))  # (K,)
@@ -251,7 +284,8 @@ def match(
         refine: Refine the integer peaks to sub-pixel positions.
         window: Odd soft-argmax window side (see :func:`refine_soft_argmax`).
         temperature: Soft-argmax temperature > 0.
-        chunk_size: Queries per chunk; ``None``: automatic (:data:`CHUNK_BYTES`).
+        chunk_size: Queries per chunk; ``None``: automatic (`CHUNK_BYTES`,
+            `CPU_CHUNK_BYTES` on the CPU).
         prior_points: Optional (N, 2) ``(x, y)`` expected location of each
             match, in grid coordinates of a map of the same size as
             ``target`` (usually the query's own position in its map).
@@ -290,27 +324,36 @@ def match(
     points = torch.empty((n, 2), dtype=dtype, device=target.device)
     peaks = torch.empty((n, 2), dtype=torch.long, device=target.device)
     sims = torch.empty((n,), dtype=dtype, device=target.device)
+    flat_t = flat_t.to(dtype)
     if use_prior:
         assert prior_points is not None
-        side = float(max(h, w))
-        gx = torch.arange(w, device=target.device, dtype=dtype).repeat(h)  # row-major x of every pixel
-        gy = torch.arange(h, device=target.device, dtype=dtype).repeat_interleave(w)
+        scale = prior_weight / float(max(h, w)) ** 2
+        gx = torch.arange(w, device=target.device, dtype=dtype)
+        gy = torch.arange(h, device=target.device, dtype=dtype)
         pp = prior_points.to(target.device, dtype)
     for s in range(0, n, step):
-        maps = query[s : s + step].to(target.device) @ flat_t
-        scores = maps  # what the peak and the refinement follow: the cosine, minus the prior if any
+        q = query[s : s + step].to(target.device, dtype)
+        m = q.shape[0]
         if use_prior:
-            q = pp[s : s + step]
-            scores = maps - prior_weight * ((gx[None] - q[:, :1]) ** 2 + (gy[None] - q[:, 1:]) ** 2) / side**2
-        idx = scores.argmax(dim=1)
+            # scores = cos - prior_weight * |u - prior|^2 / side^2, the squared distance separable in x and y:
+            # one broadcast sum, then the matrix product accumulated onto it
+            dx2 = (gx[None] - pp[s : s + step, :1]).square_()  # (m, w)
+            dy2 = (gy[None] - pp[s : s + step, 1:]).square_()  # (m, h)
+            scores = (dy2[:, :, None] + dx2[:, None, :]).view(m, h * w)
+            scores.addmm_(q, flat_t, beta=-scale)
+            idx = _row_max(scores, h, w)[1]
+            sim = (q * flat_t[:, idx].t()).sum(dim=1)  # the cosine at the peak, reported without the prior
+        else:
+            scores = q @ flat_t  # what the peak and the refinement follow: the cosine
+            sim, idx = _row_max(scores, h, w)
         pk = torch.stack([idx % w, idx // w], dim=1)
         peaks[s : s + step] = pk
-        sims[s : s + step] = maps.gather(1, idx[:, None])[:, 0]  # reported without the prior
+        sims[s : s + step] = sim
         if refine and window > 1:
-            points[s : s + step] = refine_soft_argmax(scores.view(-1, h, w), pk, window=window, temperature=temperature)
+            points[s : s + step] = _refine(scores.view(m, h, w), pk, window, temperature)
         else:
             points[s : s + step] = pk.to(dtype)
-        del maps, scores
+        del scores
     return points, sims, peaks
 
 
@@ -346,7 +389,23 @@ def mutual_nearest(
     _check_points(src_pts_grid, "src_pts_grid")
     _check_points(tgt_pts_grid, "tgt_pts_grid", src_pts_grid.shape[0])
     check_number(radius_px, "radius_px", minimum=0)
-    desc = sample_descriptors(tgt_feats, tgt_pts_grid)
+    pts = tgt_pts_grid
+    inverse = None
+    integer = not pts.is_floating_point() or bool((pts == pts.round()).all())
+    if pts.shape[0] > 1 and integer:
+        # integer points (e.g. the peaks of a dense match) repeat: search each distinct one once
+        ip = pts.long()
+        lo = ip.amin(dim=0)
+        span = int(ip[:, 0].max() - lo[0]) + 1
+        uniq, inverse = torch.unique((ip[:, 1] - lo[1]) * span + (ip[:, 0] - lo[0]), return_inverse=True)
+        if uniq.shape[0] < pts.shape[0]:
+            pts = torch.stack([uniq % span + lo[0], uniq // span + lo[1]], dim=1)
+            pts = pts.to(tgt_pts_grid.dtype if tgt_pts_grid.is_floating_point() else torch.float32)
+        else:
+            inverse = None
+    desc = sample_descriptors(tgt_feats, pts)
     back, _ = nearest_neighbors(desc.to(src_feats.device), src_feats, chunk_size=chunk_size)
+    if inverse is not None:
+        back = back[inverse.to(back.device)]
     d = back.to(torch.float64) - src_pts_grid.to(device=back.device, dtype=torch.float64)
     return (d * d).sum(dim=1) <= float(radius_px) ** 2

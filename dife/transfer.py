@@ -8,6 +8,12 @@ precision with a windowed soft-argmax, and mapped back to *target image*
 pixels. Points follow :mod:`dife.coords`: float ``(x, y)`` in the original
 image, integers at pixel centres.
 
+Either side may be given as an [Embedding][dife.embedding.Embedding] (from
+[embed][dife.embedding.embed]) instead of images, so a face embedded once can
+be carried to any number of targets;
+[TransferPredictor][dife.transfer.TransferPredictor] holds one source face for
+that, in the spirit of segment-anything's predictor.
+
 Confidence of a transferred keypoint::
 
     confidence = clip(similarity, 0, 1) * (1.0 if mutual else 0.5)
@@ -40,7 +46,14 @@ from dife.matching import _check_window, match, mutual_nearest, sample_descripto
 if TYPE_CHECKING:
     from dife.modeling.dife import DIFE
 
-__all__ = ["KeypointScores", "DenseCorrespondence", "transfer_keypoints", "transfer_dense", "MUTUAL_RADIUS"]
+__all__ = [
+    "KeypointScores",
+    "DenseCorrespondence",
+    "TransferPredictor",
+    "transfer_keypoints",
+    "transfer_dense",
+    "MUTUAL_RADIUS",
+]
 
 #: Radius, in source grid pixels, of the mutual nearest-neighbour check.
 MUTUAL_RADIUS: float = 1.5
@@ -121,6 +134,59 @@ def _embed(
         raise type(e)(f"{what}: {e}") from None
 
 
+class _Side:
+    """One side of a transfer: images still to embed, or an `Embedding` already computed.
+
+    An `Embedding` of one image counts as one image, of several as a
+    batch. Its crops were chosen when it was embedded, so no box may be given
+    with it.
+    """
+
+    def __init__(self, images: Any, box: Any, what: str) -> None:
+        self.what = what
+        self.embedding: Embedding | None = None
+        if isinstance(images, Embedding):
+            if box is not None:
+                raise InputError(
+                    f"{what}_box must be None when {what} is an Embedding (its crops were chosen when it was embedded)"
+                )
+            self.embedding = images
+            self.count, self.batched = len(images), len(images) > 1
+            self.sources: list[Any] = []
+            self.boxes: list[Any] = []
+        else:
+            self.sources, self.batched = split_images(images)
+            self.count = len(self.sources)
+            self.boxes = normalize_boxes(box, self.count)
+
+    def get(
+        self,
+        net: DIFE | None,
+        start: int,
+        stop: int,
+        batch_size: int,
+        *,
+        detector: Any = None,
+        points: list[Any] | None = None,
+    ) -> Embedding:
+        """The embedding of images ``start:stop`` (embedded now unless given; ``points`` pick the faces)."""
+        if self.embedding is not None:
+            return self.embedding[start:stop]
+        assert net is not None
+        name = self.what if (start, stop) == (0, self.count) else f"{self.what}[{start}:{stop}]"
+        return _embed(
+            net, self.sources[start:stop], self.boxes[start:stop], name, batch_size, detector=detector, points=points
+        )
+
+
+def _check_pair(a: Embedding, b: Embedding) -> None:
+    if a.dim != b.dim:
+        raise ShapeError(
+            f"the source embedding has {a.dim} channels but the target's has {b.dim}: "
+            "both sides must come from the same model"
+        )
+
+
 def _check_batch_size(batch_size: Any) -> int:
     return check_positive_int(batch_size, "batch_size")
 
@@ -129,9 +195,10 @@ def _check_chunk(chunk_size: Any) -> None:
     check_positive_int(chunk_size, "chunk_size", allow_none=True)
 
 
-def _check_prior(spatial_prior: Any, net: DIFE) -> float:
-    """The spatial prior weight to use: the argument, or the model's default."""
+def _check_prior(spatial_prior: Any, net: DIFE | None) -> float:
+    """The spatial prior weight to use: the argument, or the model's default (``net`` is given then)."""
     if spatial_prior is None:
+        assert net is not None
         return float(getattr(net.config, "spatial_prior", 0.0))
     return check_spatial_prior(spatial_prior, "spatial_prior (or None)")
 
@@ -243,6 +310,12 @@ def transfer_keypoints(
     Images are embedded ``batch_size`` at a time, so thousands of targets
     never sit in memory together.
 
+    Either side may be an [Embedding][dife.embedding.Embedding] instead (from
+    [embed][dife.embedding.embed], with the same model): one of one image
+    counts as one image, one of several images as a batch. A source embedded
+    once can so be carried to targets given later without embedding it again
+    (see [TransferPredictor][dife.transfer.TransferPredictor]).
+
     Source points inside the image but outside the square crop the network saw
     (e.g. the sides of a landscape image without a box) are matched with the
     descriptor of the nearest crop border pixel and always get
@@ -251,19 +324,23 @@ def transfer_keypoints(
     (``-0.5 <= x <= W - 0.5``), since the target crop may extend beyond it.
 
     Args:
-        src: Source image(s), any type :func:`dife.images.load_image` accepts.
-        tgt: Target image(s).
+        src: Source image(s), any type :func:`dife.images.load_image` accepts,
+            or their [Embedding][dife.embedding.Embedding].
+        tgt: Target image(s), or their [Embedding][dife.embedding.Embedding].
         points: (N, 2) or (B, N, 2) ``(x, y)`` pixel coordinates in the
             original source image(s) (numpy, list or torch).
         src_box: Face box ``(x0, y0, x1, y1)`` (edge coordinates) of the
             source, ``"image"`` for the centred square, or ``None`` (default)
             to find the face: the best-scoring detected face whose box holds
             all the source points (see [choose_faces][dife.detection.choose_faces]);
-            for a batch, one such value per source image.
+            for a batch, one such value per source image. Must be ``None`` for
+            an Embedding (its crop was chosen when it was embedded).
         tgt_box: The same for the target(s); ``None`` takes the best-scoring face.
         return_scores: Also return :class:`KeypointScores`.
         model: A :class:`~dife.modeling.DIFE`, a model name / path, or ``None``
-            (the default model, :func:`dife.defaults.resolve_model`).
+            (the default model, :func:`dife.defaults.resolve_model`). Not
+            loaded when both sides are Embeddings and ``spatial_prior`` is
+            given.
         refine: Refine the nearest neighbour to sub-pixel precision with a
             soft-argmax (:func:`dife.matching.refine_soft_argmax`).
         window: Odd side of the soft-argmax window, in grid pixels.
@@ -271,7 +348,9 @@ def transfer_keypoints(
         batch_size: Images per forward pass.
         device: Where to run (default: the model's device).
         chunk_size: Queries per chunk of the nearest-neighbour search
-            (``None``: automatic, about 64 MiB of similarities at a time).
+            (``None``: automatic, `dife.matching.CPU_CHUNK_BYTES` of
+            similarities at a time on the CPU, `dife.matching.CHUNK_BYTES`
+            elsewhere).
         spatial_prior: Weight ``λ >= 0`` of a broad spatial prior: a target
             pixel scores ``cos - λ * d**2``, ``d`` the distance between its
             relative position in the target crop and the source point's in
@@ -303,9 +382,10 @@ def transfer_keypoints(
     pts = _as_points(points)
     if pts.ndim not in (2, 3) or pts.shape[-1] != 2:
         raise ShapeError(f"points must have shape (N, 2) or (B, N, 2) as (x, y) pairs, got {pts.shape}")
-    src_list, src_batched = split_images(src)
-    tgt_list, tgt_batched = split_images(tgt)
-    B, T = len(src_list), len(tgt_list)
+    src_side = _Side(src, src_box, "src")
+    tgt_side = _Side(tgt, tgt_box, "tgt")
+    src_batched, tgt_batched = src_side.batched, tgt_side.batched
+    B, T = src_side.count, tgt_side.count
     if pts.ndim == 2:
         if B != 1:
             raise ShapeError(
@@ -330,10 +410,9 @@ def transfer_keypoints(
         pairs = [(b, b if T == B else 0) for b in range(B)]
         out_shape = (B, pts.shape[1])
         sets = list(pts)
-    src_boxes = normalize_boxes(src_box, B)
-    tgt_boxes = normalize_boxes(tgt_box, T)
 
-    net, _ = _setup(model, device)
+    need_net = spatial_prior is None or src_side.embedding is None or tgt_side.embedding is None
+    net = _setup(model, device)[0] if need_net else None
     prior = _check_prior(spatial_prior, net)
     P, N = len(pairs), pts.shape[-2]
     res = np.zeros((P, N, 2))
@@ -341,13 +420,11 @@ def transfer_keypoints(
     mut = np.zeros((P, N), dtype=bool)
     opts = dict(refine=bool(refine), window=window, temperature=temperature, chunk_size=chunk_size, spatial_prior=prior)
 
-    def chunk_name(kind: str, s: int, e: int, n: int) -> str:
-        return kind if (s, e) == (0, n) else f"{kind}[{s}:{e}]"
-
     def validate(b: int, t: CropTransform) -> None:
         sets[b] = check_points_inside(sets[b], t.width, t.height, what=f"points[{b}]" if pts.ndim == 3 else "points")
 
     def run(p: int, src_emb: Embedding, i: int, tgt_emb: Embedding, j: int) -> None:
+        _check_pair(src_emb, tgt_emb)
         res[p], sim[p], mut[p] = _transfer_one(
             src_emb.features[i],
             src_emb.transforms[i],
@@ -366,24 +443,21 @@ def transfer_keypoints(
 
     with torch.no_grad():
         if B == 1:  # one source, embedded once; targets in chunks
-            src_emb = _embed(net, src_list, src_boxes, "src", batch_size, points=src_points(0, 1), **emb_opts)
+            src_emb = src_side.get(net, 0, 1, batch_size, points=src_points(0, 1), **emb_opts)
             src_faces[0] = src_emb.faces[0]
             validate(0, src_emb.transforms[0])
             for s in range(0, T, batch_size):
                 e = min(s + batch_size, T)
-                tgt_emb = _embed(net, tgt_list[s:e], tgt_boxes[s:e], chunk_name("tgt", s, e, T), batch_size, **emb_opts)
+                tgt_emb = tgt_side.get(net, s, e, batch_size, **emb_opts)
                 tgt_faces[s:e] = tgt_emb.faces
                 for k in range(e - s):
                     run(s + k, src_emb, 0, tgt_emb, k)
         elif T == 1:  # many sources to one target, embedded once
-            tgt_emb = _embed(net, tgt_list, tgt_boxes, "tgt", batch_size, **emb_opts)
+            tgt_emb = tgt_side.get(net, 0, 1, batch_size, **emb_opts)
             tgt_faces[0] = tgt_emb.faces[0]
             for s in range(0, B, batch_size):
                 e = min(s + batch_size, B)
-                src_emb = _embed(
-                    net, src_list[s:e], src_boxes[s:e], chunk_name("src", s, e, B), batch_size,
-                    points=src_points(s, e), **emb_opts,
-                )
+                src_emb = src_side.get(net, s, e, batch_size, points=src_points(s, e), **emb_opts)
                 src_faces[s:e] = src_emb.faces
                 for k in range(e - s):
                     validate(s + k, src_emb.transforms[k])
@@ -391,14 +465,11 @@ def transfer_keypoints(
         else:  # pairwise, both sides in chunks
             for s in range(0, B, batch_size):
                 e = min(s + batch_size, B)
-                src_emb = _embed(
-                    net, src_list[s:e], src_boxes[s:e], chunk_name("src", s, e, B), batch_size,
-                    points=src_points(s, e), **emb_opts,
-                )
+                src_emb = src_side.get(net, s, e, batch_size, points=src_points(s, e), **emb_opts)
                 src_faces[s:e] = src_emb.faces
                 for k in range(e - s):
                     validate(s + k, src_emb.transforms[k])
-                tgt_emb = _embed(net, tgt_list[s:e], tgt_boxes[s:e], chunk_name("tgt", s, e, T), batch_size, **emb_opts)
+                tgt_emb = tgt_side.get(net, s, e, batch_size, **emb_opts)
                 tgt_faces[s:e] = tgt_emb.faces
                 for k in range(e - s):
                     run(s + k, src_emb, k, tgt_emb, k)
@@ -546,20 +617,22 @@ def transfer_dense(
     is computed too, for :meth:`DenseCorrespondence.warp`.
 
     Args:
-        src: One source image (any type :func:`dife.images.load_image` accepts).
-        tgt: One target image.
+        src: One source image (any type :func:`dife.images.load_image` accepts),
+            or its [Embedding][dife.embedding.Embedding] (of one image).
+        tgt: One target image, or its Embedding.
         src_box: Face box ``(x0, y0, x1, y1)`` of the source, ``"image"``
-            (centred square), or ``None`` to find the face (the best-scoring one).
+            (centred square), or ``None`` to find the face (the best-scoring
+            one); must be ``None`` for an Embedding.
         tgt_box: The same for the target.
         model: A :class:`~dife.modeling.DIFE`, a model name / path, or ``None``
-            (the default model).
+            (the default model); not loaded when both sides are Embeddings.
         stride: Take every ``stride``-th grid pixel along each axis (>= 1).
         refine: Soft-argmax sub-pixel refinement (both directions).
         window: Odd soft-argmax window side.
         temperature: Soft-argmax temperature (> 0).
         device: Where to run (default: the model's device).
         chunk_size: Queries per chunk of the nearest-neighbour search
-            (``None``: automatic, about 64 MiB at a time).
+            (``None``: automatic, see `dife.matching.match`).
         detector: Face finder for images without a box (``None``: the shipped one).
 
     Returns:
@@ -571,23 +644,24 @@ def transfer_dense(
     """
     _check_window(window, temperature)
     _check_chunk(chunk_size)
-    src_list, _ = split_images(src)
-    tgt_list, _ = split_images(tgt)
-    if len(src_list) != 1 or len(tgt_list) != 1:
+    src_side = _Side(src, src_box, "src")
+    tgt_side = _Side(tgt, tgt_box, "tgt")
+    if src_side.count != 1 or tgt_side.count != 1:
         raise InputError(
-            f"transfer_dense takes one source and one target image, got {len(src_list)} and {len(tgt_list)}"
+            f"transfer_dense takes one source and one target image, got {src_side.count} and {tgt_side.count}"
         )
-    net, _ = _setup(model, device)
-    S = int(net.config.input_size)
-    stride = check_int(stride, "stride", minimum=1, maximum=S)
-    src_boxes = normalize_boxes(src_box, 1)
-    tgt_boxes = normalize_boxes(tgt_box, 1)
+    need_net = src_side.embedding is None or tgt_side.embedding is None
+    net = _setup(model, device)[0] if need_net else None
+    stride = check_int(stride, "stride", minimum=1, maximum=int(net.config.input_size) if net is not None else None)
     with torch.no_grad():
-        se = _embed(net, src_list, src_boxes, "src", 1, detector=detector)
-        te = _embed(net, tgt_list, tgt_boxes, "tgt", 1, detector=detector)
-        sf, tf = se.features[0], te.features[0]
+        se = src_side.get(net, 0, 1, 1, detector=detector)
+        te = tgt_side.get(net, 0, 1, 1, detector=detector)
+        _check_pair(se, te)
+        sf, tf = se.features[0], te.features[0].to(se.device)
         st, tt = se.transforms[0], te.transforms[0]
         S = sf.shape[-1]
+        if stride > S:
+            raise InputError(f"stride must be an integer in 1..{S}, got {stride!r}")
         idx = torch.arange(0, S, stride, device=sf.device)
         h = w = int(idx.numel())
         gy, gx = torch.meshgrid(idx, idx, indexing="ij")
@@ -595,12 +669,14 @@ def transfer_dense(
         desc = sf[:, gy, gx].reshape(sf.shape[0], -1).t()  # (M, C), already unit norm
         opts = dict(refine=bool(refine), window=window, temperature=temperature, chunk_size=chunk_size)
         tgt_grid, sim, peaks = match(desc, tf, **opts)
-        mutual = mutual_nearest(
-            sf, tf, grid.to(sf.dtype), peaks.to(sf.dtype), radius_px=MUTUAL_RADIUS, chunk_size=chunk_size
-        )
         # backward map: every target grid pixel -> source grid
         tdesc = tf.reshape(tf.shape[0], -1).t()
-        inv_grid, _, _ = match(tdesc, sf, **opts)
+        inv_grid, _, inv_peaks = match(tdesc, sf, **opts)
+        # mutual check from the backward map: the target pixel each source point matched, matched back
+        # (what dife.matching.mutual_nearest computes, without searching the source a second time)
+        back = inv_peaks[peaks[:, 1] * tf.shape[-1] + peaks[:, 0]]
+        d = (back - grid).to(torch.float64)
+        mutual = (d * d).sum(dim=1) <= MUTUAL_RADIUS**2
 
     src_points = st.to_image(grid.cpu().numpy().astype(np.float64))
     src_inside = (
@@ -610,7 +686,7 @@ def transfer_dense(
         & (src_points[:, 1] <= st.height - 0.5)
     )
     tgt_points = _clip_to_image(tt.to_image(tgt_grid.cpu().numpy().astype(np.float64)), tt)
-    inverse = st.to_image(inv_grid.cpu().numpy().astype(np.float64)).reshape(S, S, 2)
+    inverse = st.to_image(inv_grid.cpu().numpy().astype(np.float64)).reshape(tf.shape[-2], tf.shape[-1], 2)
     return DenseCorrespondence(
         src_points=src_points,
         tgt_points=tgt_points,
@@ -623,3 +699,131 @@ def transfer_dense(
         src_face=se.faces[0],
         tgt_face=te.faces[0],
     )
+
+
+# ----------------------------------------------------------------- predictor
+class TransferPredictor:
+    """One source face, embedded once, carried to any number of targets.
+
+    In the spirit of segment-anything's ``SamPredictor``: resolve the model
+    once, [set_source][dife.transfer.TransferPredictor.set_source] embeds the
+    labelled face, and every later call only embeds its targets::
+
+        predictor = dife.TransferPredictor()          # the default model and face finder
+        predictor.set_source("human.jpg", points=landmarks)   # the face that holds the landmarks
+        for path in cat_photos:
+            pts = predictor.transfer_keypoints(path, landmarks)
+
+    The results are those of [transfer_keypoints][dife.transfer.transfer_keypoints]
+    and [transfer_dense][dife.transfer.transfer_dense] called with the same
+    source, model and options.
+
+    Args:
+        model: A :class:`~dife.modeling.DIFE`, a model name / path, or
+            ``None`` (the default model).
+        device: Where to run (default: the model's device; a copy of the
+            model is moved there if it lives elsewhere).
+        detector: Face finder for images without a box (``None``: the
+            shipped ``dife-face-finder``).
+    """
+
+    def __init__(
+        self, model: DIFE | str | None = None, *, device: str | torch.device | None = None, detector: Any = None
+    ) -> None:
+        self.model, self.device = _setup(model, device)
+        self.detector = detector
+        self._source: Embedding | None = None
+
+    def set_source(self, image: Any, *, box: Any = None, points: Any = None) -> Embedding:
+        """Embed the source face (replacing any earlier one).
+
+        Args:
+            image: One image (any type :func:`dife.images.load_image`
+                accepts), or an [Embedding][dife.embedding.Embedding] of one
+                image made with this predictor's model (then ``box`` must be
+                ``None``).
+            box: Face box ``(x0, y0, x1, y1)`` in edge coordinates,
+                ``"image"`` (centred square), or ``None`` to find the face.
+            points: With ``box=None``: the (N, 2) keypoints that will be
+                carried; the face found is the best one holding them (without
+                them, the best-scoring face).
+
+        Returns:
+            The source's embedding (also [source][dife.transfer.TransferPredictor.source]);
+            its ``faces[0]`` is the detection used.
+
+        Raises:
+            InputError: more than one image, or a box with an Embedding.
+            ImageError, ShapeError: an unreadable image.
+        """
+        side = _Side(image, box, "src")
+        if side.count != 1:
+            raise InputError(f"set_source takes one image, got {side.count}")
+        pts = None if points is None else [_as_points(points).reshape(-1, 2)]
+        with torch.no_grad():
+            emb = side.get(self.model, 0, 1, 1, detector=self.detector, points=pts)
+        if emb.dim != int(self.model.config.embed_dim):
+            raise ShapeError(
+                f"the source embedding has {emb.dim} channels but the model's embedding has "
+                f"{int(self.model.config.embed_dim)}"
+            )
+        self._source = emb.to(self.device)
+        return self._source
+
+    @property
+    def source(self) -> Embedding:
+        """The source's embedding (one image).
+
+        Raises:
+            InputError: before [set_source][dife.transfer.TransferPredictor.set_source].
+        """
+        if self._source is None:
+            raise InputError("no source face yet: call set_source(image, box=...) first")
+        return self._source
+
+    def embed(self, images: Any, *, box: Any = None, batch_size: int = 32) -> Embedding:
+        """[embed][dife.embedding.embed] with this predictor's model and device (e.g. targets used twice)."""
+        return embed(
+            images, box=box, model=self.model, batch_size=batch_size, device=self.device, detector=self.detector
+        )
+
+    def transfer_keypoints(self, tgt: Any, points: Any, *, tgt_box: Any = None, **options: Any) -> Any:
+        """Carry source keypoints to target face(s).
+
+        Args:
+            tgt: One target image, a batch of them (results gain a leading
+                ``T`` dimension), or their [Embedding][dife.embedding.Embedding].
+            points: (N, 2) ``(x, y)`` pixel coordinates in the source image.
+            tgt_box: Face box of the target, or one box / ``None`` per target.
+            **options: Any other keyword of
+                [transfer_keypoints][dife.transfer.transfer_keypoints]
+                (``return_scores``, ``refine``, ``window``, ``temperature``,
+                ``batch_size``, ``chunk_size``, ``spatial_prior``).
+
+        Returns:
+            What [transfer_keypoints][dife.transfer.transfer_keypoints] returns.
+        """
+        for key in ("src_box", "model", "device"):
+            if key in options:
+                raise InputError(f"{key} is fixed by the predictor; pass it to TransferPredictor / set_source")
+        options.setdefault("detector", self.detector)
+        return transfer_keypoints(self.source, tgt, points, tgt_box=tgt_box, model=self.model, **options)
+
+    def transfer_dense(self, tgt: Any, *, tgt_box: Any = None, **options: Any) -> DenseCorrespondence:
+        """Dense transfer from the source to one target.
+
+        Args:
+            tgt: One target image, or its [Embedding][dife.embedding.Embedding].
+            tgt_box: Face box of the target, or ``None``.
+            **options: Any other keyword of
+                [transfer_dense][dife.transfer.transfer_dense] (``stride``,
+                ``refine``, ``window``, ``temperature``, ``chunk_size``).
+
+        Returns:
+            A [DenseCorrespondence][dife.transfer.DenseCorrespondence].
+        """
+        for key in ("src_box", "model", "device"):
+            if key in options:
+                raise InputError(f"{key} is fixed by the predictor; pass it to TransferPredictor / set_source")
+        options.setdefault("detector", self.detector)
+        return transfer_dense(self.source, tgt, tgt_box=tgt_box, model=self.model, **options)

@@ -96,39 +96,144 @@ def test_speed_quick_writes_the_device_the_rows_and_the_ratios(speed, tiny_folde
 
     rows = {r["id"]: r for r in on_disk["rows"]}
     assert list(rows) == [
+        "conv3x3",
+        "embed_b1_before",
         "embed_b1",
+        "embed_b2_before",
         "embed_b2",
-        "forward_fp32",
-        "forward_bf16",
-        "forward_channels_last",
+        "forward_reference_b2",
+        "forward_bf16_b2",
+        "forward_channels_last_b2",
         "transfer_5",
         "transfer_dense",
+        "transfer_dense_field",
+        "one_to_many_separate",
+        "one_to_many_list",
+        "one_to_many_predictor",
     ]
-    assert rows["embed_b1"]["ratio"] == 1.0 and rows["embed_b1"]["speedup"] == 1.0
-    assert rows["forward_bf16"]["ref"] == "forward_fp32" and rows["forward_fp32"]["ref"] == "embed_b1"
+    refs = {
+        "conv3x3": None,
+        "embed_b1_before": "embed_b1_before",
+        "embed_b1": "embed_b1_before",
+        "embed_b2_before": "embed_b1_before",
+        "embed_b2": "embed_b2_before",
+        "forward_reference_b2": "embed_b1_before",
+        "forward_bf16_b2": "forward_reference_b2",
+        "one_to_many_list": "one_to_many_separate",
+        "one_to_many_predictor": "one_to_many_separate",
+    }
+    for rid, ref in refs.items():
+        assert rows[rid]["ref"] == ref, rid
+    assert rows["embed_b1_before"]["ratio"] == 1.0 and rows["embed_b1_before"]["speedup"] == 1.0
+    conv = rows["conv3x3"]
+    assert conv["ratio"] is None and conv["gflops"] == pytest.approx(
+        2 * 16 * 64 * 64 * 9 * 48 * 48 / conv["median_s"] / 1e9
+    )
     for r in rows.values():
-        ref = rows[r["ref"]]
         assert r["runs"] == len(r["times_s"]) == 1 and r["median_s"] > 0
         assert r["per_item_s"] == pytest.approx(r["median_s"] / r["batch"])
-        assert r["ratio"] == pytest.approx(r["per_item_s"] / ref["per_item_s"])
-        assert r["speedup"] == pytest.approx(1 / r["ratio"])
         assert r["peak_mem_mb"] is not None and r["peak_mem_mb"] >= 0
-    assert rows["embed_b2"]["batch"] == 2 and rows["forward_bf16"]["batch"] == 2
+        if r["ref"] is not None:
+            ref = rows[r["ref"]]
+            assert r["ratio"] == pytest.approx(r["per_item_s"] / ref["per_item_s"])
+            assert r["speedup"] == pytest.approx(1 / r["ratio"])
+        if r["id"].startswith(("embed_", "forward_")):  # effective GFLOP/s, against the same run's conv3x3
+            assert r["gflops"] == pytest.approx(on_disk["flops_per_image"] * r["items_per_s"] / 1e9)
+            assert r["conv_fraction"] == pytest.approx(r["gflops"] / conv["gflops"])
+        assert r["tflops"] is None  # a GPU-only column
+    assert rows["embed_b2"]["batch"] == 2 and rows["forward_bf16_b2"]["batch"] == 2
+    assert rows["one_to_many_predictor"]["batch"] == 2 and rows["one_to_many_predictor"]["unit"] == "target"
     assert "1,024 points (dense, 32x32)" in rows["transfer_dense"]["what"]
-    assert rows["forward_fp32"]["tflops"] > 0
     assert on_disk["skipped"] == [{"id": "train_step", "reason": "--no-train"}]
+    assert set(on_disk["load_average"]) == {"start", "end"}
+    # the bar of the issue, computed from these rows
+    assert [c["what"].split(",")[0] for c in on_disk["checks"]] == [
+        "latency at batch 1",
+        "`transfer_dense` ms",
+        "`transfer_dense_field` ms",
+    ]
+    b1 = on_disk["checks"][0]
+    assert b1["value"] == pytest.approx(rows["embed_b1_before"]["median_s"] / rows["embed_b1"]["median_s"], abs=0.01)
+    assert b1["ok"] == (b1["value"] >= speed.BAR["b1_speedup"])
 
     md = (out / "speed_cpu_quick.md").read_text()
     assert md.startswith(f"# Speed on CPU: {dev['name']}")
-    assert "| id | what | batch | median / call | per item | items/s | ref | time ÷ ref | speed-up | peak MiB |" in md
-    assert "| `embed_b1` |" in md and "| 1.000 | 1.00 |" in md
+    assert (
+        "| id | what | batch | median / call | per item | items/s | ref | time ÷ ref | speed-up | GFLOP/s | % of conv | peak MiB |"
+        in md
+    )
+    assert "| `embed_b1_before` |" in md and "| 1.000 | 1.00 |" in md and "| `conv3x3` |" in md
+    assert "The bar (issue 14), this run:" in md and "latency at batch 1, before ÷ after" in md
     assert f"`{on_disk['command']}`" in md and f"torch {torch.__version__}" in md
+
+
+def test_the_gpu_script_runs_on_the_cpu(speed, tiny_folder, tmp_path, keep_threads) -> None:
+    """The --device cuda code path (every variant, several batches, compile) on the CPU with a tiny model.
+
+    ``--compile-backend eager`` runs torch.compile's graph capture without a C++ compiler.
+    """
+    argv = ["--quick", "--model", str(tiny_folder), "--device", "cpu", "--threads", "1", "--no-train"]
+    argv += ["--variants", ",".join(speed.VARIANTS), "--variant-batches", "1,2", "--compile-backend", "eager"]
+    argv += ["--batches", "1", "--targets", "1", "--out", str(tmp_path)]
+    (report,) = speed.main(argv)
+    rows = {r["id"]: r for r in report["rows"]}
+    for b in (1, 2):
+        assert rows[f"forward_reference_b{b}"]["ref"] == "embed_b1_before"
+        for v in speed.VARIANTS:
+            rid = f"forward_{v.replace('-', '_').replace('+', '_')}_b{b}"
+            assert rid in rows, (rid, report["skipped"])
+            assert rows[rid]["ref"] == f"forward_reference_b{b}" and rows[rid]["batch"] == b
+            if "compile" in v:
+                assert "torch.compile backend eager; first call (compilation)" in rows[rid]["note"]
+                assert "FAILED" not in rows[rid]["note"]
+    assert rows["one_to_many_separate"]["batch"] == 1
+    assert report["skipped"] == [{"id": "train_step", "reason": "--no-train"}]
+
+
+def test_checks_against_the_bar(speed) -> None:
+    def row(rid: str, batch: int, median: float, conv: float | None = None) -> dict:
+        return {
+            "id": rid,
+            "batch": batch,
+            "median_s": median,
+            "per_item_s": median / batch,
+            "items_per_s": batch / median,
+            "conv_fraction": conv,
+        }
+
+    rows = [
+        row("embed_b1_before", 1, 0.020),
+        row("embed_b1", 1, 0.010),  # 2x faster: met
+        row("embed_b8", 8, 0.096),  # 12 ms per image > 10: not met
+        row("embed_b64_before", 64, 2.56, 0.2),
+        row("embed_b64", 64, 1.60, 0.32),  # 1.6x: not met
+        row("transfer_dense", 1, 0.25),
+    ]
+    got = {c["what"].split(";")[0]: c for c in speed.checks(rows)}
+    assert list(got) == [
+        "throughput at batch 64, after ÷ before",
+        "latency at batch 1, before ÷ after",
+        "time per image at batch 8 ÷ at batch 1 (after)",
+        "time per image at batch 64 ÷ at batch 1 (after)",
+        "`transfer_dense` ms",
+    ]
+    b64 = got["throughput at batch 64, after ÷ before"]
+    assert b64["value"] == 1.6 and b64["ok"] is False and "embed_b64 32.0 %" in b64["what"]
+    assert got["latency at batch 1, before ÷ after"]["ok"] is True
+    assert got["time per image at batch 8 ÷ at batch 1 (after)"] == {
+        "what": "time per image at batch 8 ÷ at batch 1 (after)",
+        "value": 1.2,
+        "target": "<= 1",
+        "ok": False,
+    }
+    assert got["time per image at batch 64 ÷ at batch 1 (after)"]["ok"] is False  # 25 ms per image
+    assert got["`transfer_dense` ms"]["value"] == 250.0 and got["`transfer_dense` ms"]["ok"] is True
 
 
 def test_apply_ratios_against_each_rows_reference(speed) -> None:
     Row = speed.Row
     rows = [
-        Row("embed_b1", "ref", 1, "image", [0.2, 0.1, 0.3]),  # median 0.2 s per image
+        Row("embed_b1_before", "ref", 1, "image", [0.2, 0.1, 0.3]),  # median 0.2 s per image
         Row("embed_b8", "b8", 8, "image", [0.8]),  # 0.1 s per image
         Row("forward_fp32", "fwd", 4, "image", [0.4]),  # 0.1 s per image
         Row("forward_bf16", "bf16", 4, "image", [0.1], ref="forward_fp32"),  # 0.025 s per image
@@ -138,7 +243,7 @@ def test_apply_ratios_against_each_rows_reference(speed) -> None:
     ]
     speed.apply_ratios(rows)
     got = {r.id: r.ratio for r in rows}
-    assert got["embed_b1"] == 1.0 and rows[0].speedup == 1.0
+    assert got["embed_b1_before"] == 1.0 and rows[0].speedup == 1.0
     assert got["embed_b8"] == pytest.approx(0.5) and rows[1].speedup == pytest.approx(2.0)
     assert got["forward_bf16"] == pytest.approx(0.25) and rows[3].speedup == pytest.approx(4.0)
     assert got["transfer_5"] == pytest.approx(2.5)

@@ -103,6 +103,45 @@ def test_transfer_many_targets_and_points_file(tmp_path, capsys, model_dir):
     assert len(recs) == 2 and [p["name"] for p in recs[0]["points"]][:2] == ["eye_left_img", "eye_right_img"]
 
 
+def test_transfer_embeds_the_source_once_and_boxes_every_target(capsys, model_dir, monkeypatch):
+    import dife.transfer
+
+    embedded = []
+    real = dife.transfer.embed
+    monkeypatch.setattr(dife.transfer, "embed", lambda images, **k: embedded.append(k.get("box")) or real(images, **k))
+    argv = ["transfer", ASTRONAUT, CHELSEA, CHELSEA, ASTRONAUT, "--points", "203,101;246,102", "--json"]
+    code, stdout, err = run(
+        [*argv, "--src-box", "163,60,283,180", "--tgt-box", "60,20,250,210", "--model", model_dir], capsys
+    )
+    assert code == 0, err
+    recs = json.loads(stdout)
+    assert [r["target"] for r in recs] == [str(CHELSEA), str(CHELSEA), str(ASTRONAUT)]
+    assert recs[0] == recs[1]  # the same target gives the same answer
+    # one embed for the source (its box), then one per target (the --tgt-box each time)
+    assert embedded == [(163.0, 60.0, 283.0, 180.0)] + [(60.0, 20.0, 250.0, 210.0)] * 3
+    # the same as the library call with the box given to every target
+    from dife.hub import from_pretrained
+    from dife.transfer import transfer_keypoints
+
+    want = transfer_keypoints(
+        str(ASTRONAUT),
+        [str(CHELSEA)],
+        [[203, 101], [246, 102]],
+        src_box=(163, 60, 283, 180),
+        tgt_box=[(60, 20, 250, 210)],
+        model=from_pretrained(model_dir),
+    )
+    got = np.array([p["target"] for p in recs[0]["points"]])
+    np.testing.assert_allclose(got, want[0], atol=1e-3)
+
+
+def test_transfer_names_the_target_that_cannot_be_read(tmp_path, capsys, model_dir):
+    code, _, err = run(
+        ["transfer", ASTRONAUT, CHELSEA, tmp_path / "gone.jpg", "--points", "1,1", "--model", model_dir], capsys
+    )
+    assert code == 2 and "tgt:" in err and "gone.jpg" in err and "Traceback" not in err
+
+
 def test_transfer_point_outside_image_is_one_line(capsys, model_dir):
     code, _, err = run(["transfer", ASTRONAUT, CHELSEA, "--points", "9999,1", "--model", model_dir], capsys)
     assert code == 2

@@ -373,3 +373,80 @@ def test_block_mean_equals_avg_pool_of_the_zero_padded_window():
                     window[:, i, j] = image[:, y0 + i, x0 + j]
         expected = F.avg_pool2d(window[None], k, stride=k)[0]
         torch.testing.assert_close(_block_mean(image, x0, y0, k, nx, ny), expected, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------ backends
+def test_default_backend_matches_the_reference_to_1e4() -> None:
+    """dife.embed with the default model: the fast path's features within 1e-4 of the eager fp32 reference."""
+    net = dife.DIFE.from_pretrained("dife-base")
+    g = torch.Generator().manual_seed(7)
+    imgs = torch.rand(9, 3, 96, 96, generator=g)
+    boxes = ["image"] * 8 + [(10.0, 5.0, 80.0, 75.0)]
+    ref = embed(imgs, box=boxes, model=net, backend="reference")
+    for bs in (1, 4, 32):  # micro-batches of 1, 4, 8 and a remainder
+        fast = embed(imgs, box=boxes, model=net, batch_size=bs)
+        assert (fast.features - ref.features).abs().max() < 1e-4
+        assert fast.transforms == ref.transforms
+        assert fast.features.is_contiguous() and not fast.features.is_inference()
+
+
+def test_backends_on_a_small_model_and_bad_backend(tiny_model) -> None:
+    x = torch.rand(5, 3, 40, 50, generator=torch.Generator().manual_seed(8))
+    ref = embed(x, model=tiny_model, backend="reference", batch_size=2)
+    fast = embed(x, model=tiny_model, batch_size=5)
+    torch.testing.assert_close(fast.features, ref.features, atol=1e-4, rtol=0)
+    with pytest.raises(InputError, match="backend must be one of 'auto', 'reference', 'compile', got 'fast'"):
+        embed(x, model=tiny_model, backend="fast")
+
+
+def test_compile_backend_falls_back(tiny_model, monkeypatch) -> None:
+    from dife.modeling import inference
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("inductor unavailable")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(inference, "_compiled", {})
+    monkeypatch.setattr(inference, "_failed", set())
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    with pytest.warns(RuntimeWarning, match="inductor unavailable"):
+        e = embed(x, model=tiny_model, backend="compile")
+    torch.testing.assert_close(e.features, embed(x, model=tiny_model).features, atol=0, rtol=0)
+
+
+def test_a_model_with_its_own_forward_is_run_by_its_forward(tiny_config) -> None:
+    from dife.modeling import DIFE
+
+    class Constant(DIFE):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(x.shape[0], self.config.embed_dim, x.shape[2], x.shape[3])
+            out[:, 3] = 2.0
+            return out
+
+    net = Constant(tiny_config).eval()
+    e = embed(torch.rand(2, 3, 32, 32), model=net)
+    assert torch.equal(e.features[:, 3], torch.ones(2, 96, 96)) and e.features.sum() == 2 * 96 * 96
+    # a forward hook is respected too: the fast path is not taken
+    base = dife.DIFE(tiny_config).eval()
+    calls = []
+    handle = base.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        embed(torch.rand(3, 3, 32, 32), model=base, batch_size=2)
+    finally:
+        handle.remove()
+    assert calls == [2, 1]
+
+
+def test_micro_batch_size_fits_the_cache() -> None:
+    from dife.embedding import CPU_MICRO_BATCH_BYTES, micro_batch_size
+    from dife.modeling import DIFE
+
+    with torch.device("meta"):
+        base = DIFE(DIFEConfig(converter_dim=0, planes_conv1=16, planes_block=32, planes_hg=48, num_blocks=1))
+        paper = DIFE(DIFEConfig(converter_dim=0))
+    cpu = torch.device("cpu")
+    # dife-base: 96 channels x 48 x 48 floats = 0.84 MiB per image at the widest
+    assert micro_batch_size(base, cpu, 64) == CPU_MICRO_BATCH_BYTES // (96 * 48 * 48 * 4) == 8
+    assert micro_batch_size(base, cpu, 3) == 3
+    assert micro_batch_size(paper, cpu, 64) == 3  # 256 channels: 2.25 MiB per image
+    assert micro_batch_size(base, torch.device("cuda"), 64) == 64  # GPUs take the whole chunk

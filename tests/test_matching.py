@@ -174,3 +174,55 @@ def test_mutual_nearest_accepts_consistent_and_rejects_wrong_matches():
     assert not mutual_nearest(f, f, src[2:3], torch.tensor([[4.0, 6.0]]), radius_px=0.1).any()
     with pytest.raises(ShapeError, match="tgt_pts_grid"):
         mutual_nearest(f, f, src, src[:2])
+
+
+def test_cpu_chunks_are_cache_sized():
+    from dife.matching import CPU_CHUNK_BYTES, _chunk_size
+
+    t = _random_map(16, 96, 96)
+    n = _chunk_size(None, t)
+    assert n == auto_chunk_size(96 * 96, 4, CPU_CHUNK_BYTES) and n * 96 * 96 * 4 <= CPU_CHUNK_BYTES < CHUNK_BYTES
+    assert _chunk_size(7, t) == 7
+
+
+def _mutual_one_by_one(src, tgt, src_pts, tgt_pts, radius):
+    """mutual_nearest written out point by point (no chunking, no de-duplication)."""
+    out = []
+    for p, q in zip(src_pts, tgt_pts, strict=True):
+        d = sample_descriptors(tgt, q[None].double().float())
+        back, _ = nearest_neighbors(d, src, chunk_size=1)
+        out.append(bool(((back[0].double() - p.double()) ** 2).sum() <= radius**2))
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("integer", [True, False])
+def test_mutual_nearest_searches_repeated_points_once(integer, monkeypatch):
+    import dife.matching as matching
+
+    src, tgt = _random_map(8, 12, 10, seed=1), _random_map(8, 9, 11, seed=2)
+    g = torch.Generator().manual_seed(3)
+    n = 60
+    src_pts = torch.stack([torch.randint(0, 10, (n,), generator=g), torch.randint(0, 12, (n,), generator=g)], 1)
+    tgt_pts = torch.stack([torch.randint(0, 11, (n,), generator=g), torch.randint(0, 9, (n,), generator=g)], 1)
+    tgt_pts = tgt_pts.float() if integer else tgt_pts.float() + torch.rand(n, 2, generator=g) * 0.9
+    searched = []
+    real_nn = matching.nearest_neighbors
+    monkeypatch.setattr(matching, "nearest_neighbors", lambda q, t, **k: searched.append(len(q)) or real_nn(q, t, **k))
+    got = mutual_nearest(src, tgt, src_pts.float(), tgt_pts, radius_px=1.5)
+    want = _mutual_one_by_one(src, tgt, src_pts, tgt_pts, 1.5)
+    assert torch.equal(got, want)
+    distinct = len({tuple(p) for p in tgt_pts.tolist()})
+    assert searched == [distinct if integer else n] and (not integer or distinct < n)
+    assert got.any() and not got.all()  # both outcomes occur, so the comparison means something
+
+
+def test_row_max_matches_torch_max_with_ties():
+    from dife.matching import _row_max
+
+    g = torch.Generator().manual_seed(6)
+    s = torch.randn(7, 6 * 5, generator=g)
+    s[2, 4] = s[2, 17] = s[2].max() + 1  # a tie across map rows
+    s[3, 11] = s[3, 12] = s[3].max() + 1  # within a map row
+    val, idx = _row_max(s, 6, 5)
+    want_val, want_idx = s.max(dim=1)
+    assert torch.equal(val, want_val) and torch.equal(idx, want_idx) and idx[2] == 4 and idx[3] == 11

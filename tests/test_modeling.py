@@ -112,3 +112,66 @@ def test_encoder_only_model(tiny_config, x):
         e = model(x)
     with pytest.raises(UnknownDomainError):
         model.convert(e, "human")
+
+
+# --------------------------------------------------------------------------- the inference path
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_inference_path_matches_the_forward(tiny_model, channels_last, batch):
+    from dife.modeling.inference import encode
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(batch, 3, 64, 96, generator=g) * 2 - 1
+    before = x.clone()
+    with torch.no_grad():
+        ref = tiny_model(x)
+    out = encode(tiny_model.encoder, x, channels_last=channels_last)
+    assert out.shape == ref.shape and out.dtype == ref.dtype and out.is_contiguous()
+    scale = ref.abs().max()
+    assert (out - ref).abs().max() <= 1e-4 * max(1.0, float(scale))
+    assert torch.equal(x, before)  # the input is not written to
+    # the weights are only read: the module forward still gives the same
+    with torch.no_grad():
+        assert torch.equal(tiny_model(x), ref)
+
+
+def test_inference_path_of_the_shipped_model_per_image():
+    """dife-base: the inference path equals the forward to 1e-4, each image alone or in a batch."""
+    from dife.modeling.inference import encode
+
+    net = DIFE.from_pretrained("dife-base")
+    x = torch.rand(5, 3, 96, 96, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    with torch.no_grad():
+        ref = net(x)
+    batch = encode(net.encoder, x)
+    single = torch.cat([encode(net.encoder, x[i : i + 1]) for i in range(5)])
+    assert (batch - ref).abs().max() < 1e-4 and (single - ref).abs().max() < 1e-4
+    assert (ref - ref.mean()).abs().max() > 1e-2  # not a trivial (constant) output
+
+
+def test_compiled_encode_falls_back_to_the_eager_path(tiny_model, monkeypatch):
+    import warnings
+
+    from dife.modeling import inference
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler here\nmore lines")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(inference, "_compiled", {})
+    monkeypatch.setattr(inference, "_failed", set())
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    with pytest.warns(RuntimeWarning, match=r"torch.compile failed on cpu \(RuntimeError: no C\+\+ compiler here\)"):
+        out = inference.compiled_encode(tiny_model.encoder, x)
+    torch.testing.assert_close(out, inference.encode(tiny_model.encoder, x), rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        inference.compiled_encode(tiny_model.encoder, x)
+
+
+def test_check_input_is_the_forwards_validation(tiny_model):
+    with pytest.raises(ShapeError, match="divisible by 32"):
+        tiny_model.check_input(torch.zeros(1, 3, 40, 64))
+    with pytest.raises(ShapeError, match="float"):
+        tiny_model.check_input(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    tiny_model.check_input(torch.zeros(1, 3, 64, 64))

@@ -320,3 +320,15 @@ def test_extract_state_dict_rejects_non_mappings():
 
 def test_errors_are_dife_errors():
     assert issubclass(CheckpointError, DIFEError) and issubclass(ModelNotFoundError, FileNotFoundError)
+
+
+def test_fixture_equivalence_of_the_inference_path(fixtures_dir):
+    """The fast inference path (dife.embed's) reproduces the authors' network too."""
+    from dife.modeling.inference import encode
+
+    model = load_official(fixtures_dir / "dife_official_tiny_state.pt", domains=("d0", "d1"))
+    expected = torch.load(fixtures_dir / "dife_official_tiny_expected.pt", weights_only=True)
+    for channels_last in (True, False):
+        emb = encode(model.encoder, expected["input"], channels_last=channels_last)
+        assert emb.shape == expected["embedding"].shape
+        assert (emb - expected["embedding"]).abs().max() < 1e-4

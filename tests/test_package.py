@@ -17,6 +17,7 @@ EXPECTED_PUBLIC = {
     "transfer_dense",
     "DenseCorrespondence",
     "KeypointScores",
+    "TransferPredictor",
     "parse_face",
     "FaceParser",
     "kmeans",

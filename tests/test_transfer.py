@@ -357,3 +357,138 @@ def test_bad_spatial_prior_is_an_input_error(bad):
         )
     with pytest.raises(Exception, match="spatial_prior"):
         DIFEConfig(spatial_prior=bad)
+
+
+# ------------------------------------------------------- embed once, transfer many
+class _Counting:
+    """Counts the images each forward of a model receives."""
+
+    def __init__(self, model: DIFE) -> None:
+        self.calls: list[int] = []
+        self.handle = model.register_forward_pre_hook(lambda m, args: self.calls.append(int(args[0].shape[0])))
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def test_embeddings_in_place_of_images(pos_model):
+    from dife.embedding import embed
+
+    big = canvas()
+    src = crop(big, 20, 10, 96, 96)
+    tgts = [crop(big, 24, 12, 96, 96), crop(big, 17, 15, 96, 96)]
+    pts = np.array([[30.0, 40.0], [50.5, 60.25], [70.0, 20.0]])
+    want, want_sc = transfer_keypoints(src, tgts, pts, model=pos_model, return_scores=True)
+    src_e, tgt_e = embed(src, model=pos_model), embed(tgts, model=pos_model)
+    for s, t in ((src_e, tgts), (src, tgt_e), (src_e, tgt_e)):
+        got, sc = transfer_keypoints(s, t, pts, model=pos_model, return_scores=True)
+        assert got.shape == (2, 3, 2)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        np.testing.assert_allclose(sc.similarity, want_sc.similarity, atol=1e-6)
+        assert np.array_equal(sc.mutual, want_sc.mutual)
+    # an Embedding of one image is one image: (N, 2) results
+    assert transfer_keypoints(src_e, tgt_e[1], pts, model=pos_model).shape == (3, 2)
+    np.testing.assert_allclose(transfer_keypoints(src_e, tgt_e[1], pts, model=pos_model), want[1], atol=1e-5)
+    # both sides embedded and the prior given: the model is not even resolved
+    got = transfer_keypoints(src_e, tgt_e, pts, model="no-such-model", spatial_prior=0.0)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # pairwise and many-to-one with an Embedding of sources
+    two = embed([src, tgts[0]], model=pos_model)
+    pair = transfer_keypoints(two, tgt_e, np.stack([pts, pts]), model=pos_model)
+    np.testing.assert_allclose(pair[0], want[0], atol=1e-5)
+    # crops are chosen when embedding: no box with an Embedding
+    with pytest.raises(InputError, match="src_box must be None when src is an Embedding"):
+        transfer_keypoints(src_e, tgts[0], pts, src_box=(0, 0, 50, 50), model=pos_model)
+    with pytest.raises(InputError, match="tgt_box must be None"):
+        transfer_dense(src, tgt_e[0], tgt_box=(0, 0, 50, 50), model=pos_model)
+    # points are checked against the embedded image
+    with pytest.raises(KeypointError):
+        transfer_keypoints(src_e, tgts[0], [[200.0, 10.0]], model=pos_model)
+
+
+def test_embeddings_of_other_models_do_not_mix(pos_model, tiny_model):
+    from dife.embedding import embed
+
+    img = crop(canvas(), 20, 10, 96, 96)
+    a = embed(img, model=pos_model)
+    b = embed(
+        img,
+        model=DIFE(
+            DIFEConfig(
+                embed_dim=8,
+                converter_dim=0,
+                planes_conv1=8,
+                planes_block=8,
+                planes_hg=8,
+                num_blocks=1,
+                depth=1,
+                gn_groups=4,
+            )
+        ).eval(),
+    )
+    with pytest.raises(ShapeError, match="16 channels but the target's has 8"):
+        transfer_keypoints(a, b, [[3.0, 4.0]], model=pos_model)
+    with pytest.raises(ShapeError, match="same model"):
+        transfer_dense(a, b, model=pos_model)
+
+
+def test_predictor_embeds_the_source_once(pos_model):
+    from dife.transfer import TransferPredictor
+
+    big = canvas()
+    src = crop(big, 20, 10, 96, 96)
+    shifts = [(0, 0), (4, 2), (-3, 5), (2, -2)]
+    tgts = [crop(big, 20 + dx, 10 + dy, 96, 96) for dx, dy in shifts]
+    pts = np.array([[30.0, 40.0], [50.5, 60.25]])
+    p = TransferPredictor(pos_model)
+    with pytest.raises(InputError, match="set_source"):
+        p.transfer_keypoints(tgts[0], pts)
+    count = _Counting(pos_model)
+    try:
+        p.set_source(src)
+        outs = [p.transfer_keypoints(t, pts) for t in tgts]
+        assert count.calls == [1, 1, 1, 1, 1]  # the source once, then each target
+        both = p.transfer_keypoints(tgts[:2], pts)
+        dense = p.transfer_dense(tgts[1], stride=8)
+    finally:
+        count.close()
+    for out, (dx, dy), t in zip(outs, shifts, tgts, strict=True):
+        assert _err(out, pts - [dx, dy]) < 0.5
+        np.testing.assert_allclose(out, transfer_keypoints(src, t, pts, model=pos_model), atol=1e-6)
+    assert both.shape == (2, 2, 2)
+    want = transfer_dense(src, tgts[1], model=pos_model, stride=8)
+    np.testing.assert_allclose(dense.tgt_points, want.tgt_points, atol=1e-6)
+    assert np.array_equal(dense.mutual, want.mutual)
+    assert p.source.features.shape == (1, 16, 96, 96) and len(p.source) == 1
+    # options fixed by the predictor, and one source image only
+    with pytest.raises(InputError, match="src_box is fixed by the predictor"):
+        p.transfer_keypoints(tgts[0], pts, src_box=(0, 0, 9, 9))
+    with pytest.raises(InputError, match="one image, got 2"):
+        p.set_source([src, src])
+    # a source given as an Embedding, with a face box chosen when it was embedded
+    e = p.embed(crop(big, 0, 0, 150, 150), box=(20, 10, 116, 106))
+    p.set_source(e)
+    np.testing.assert_allclose(p.transfer_keypoints(tgts[1], pts + [20, 10]), outs[1], atol=1e-4)
+
+
+def test_dense_mutual_is_the_mutual_nearest_check(tiny_model):
+    """transfer_dense reads the mutual check off its backward map: the same as mutual_nearest."""
+    from dife.embedding import embed
+    from dife.matching import match, mutual_nearest
+
+    rng = np.random.default_rng(11)
+    a, b = (rng.integers(0, 256, (80, 90, 3), dtype=np.uint8) for _ in range(2))
+    dc = transfer_dense(a, b, model=tiny_model, stride=2)
+    sf, tf = embed(a, model=tiny_model).features[0], embed(b, model=tiny_model).features[0]
+    idx = torch.arange(0, 96, 2)
+    gy, gx = torch.meshgrid(idx, idx, indexing="ij")
+    grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
+    _, _, peaks = match(sf[:, gy, gx].reshape(16, -1).t(), tf, refine=False)
+    want = mutual_nearest(sf, tf, grid.float(), peaks.float()).numpy()
+    inside = (dc.src_points >= -0.5).all(1) & (dc.src_points[:, 0] <= 89.5) & (dc.src_points[:, 1] <= 79.5)
+    assert np.array_equal(dc.mutual, want & inside)
+    assert 0 < dc.mutual.sum() < len(dc)
+    # with Embeddings on both sides the model is not needed
+    e = transfer_dense(embed(a, model=tiny_model), embed(b, model=tiny_model), model="no-such-model", stride=2)
+    assert np.array_equal(e.mutual, dc.mutual)
+    np.testing.assert_allclose(e.tgt_points, dc.tgt_points, atol=1e-6)

@@ -76,6 +76,19 @@ class DIFE(HubMixin, nn.Module):
         Raises:
             ShapeError: for any other shape.
         """
+        self.check_input(x)
+        return self.encoder(x)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise `ShapeError` unless ``x`` is what [forward][dife.modeling.dife.DIFE.forward] accepts.
+
+        Args:
+            x: Candidate input: a non-empty (B, 3, H, W) float tensor with H
+                and W divisible by ``self.encoder.stride``.
+
+        Raises:
+            ShapeError: naming the bad shape or dtype.
+        """
         stride = self.encoder.stride
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -91,7 +104,6 @@ class DIFE(HubMixin, nn.Module):
             )
         if not x.is_floating_point():
             raise ShapeError(f"DIFE expects a float tensor in [-1, 1], got dtype {x.dtype}")
-        return self.encoder(x)
 
     def convert(self, e: torch.Tensor, domain: int | str) -> torch.Tensor:
         """Apply the converter of one domain.
