@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dife.checks import check_int
 from dife.coords import CropTransform
 from dife.errors import CheckpointError, InputError, ModelNotFoundError, UnknownDomainError
 from dife.images import load_image, split_images
@@ -57,6 +58,7 @@ __all__ = [
     "set_default_detector",
     "choose_faces",
     "IMAGE_BOX",
+    "REFINE_ZOOM",
 ]
 
 #: Name of the shipped face finder.
@@ -255,6 +257,53 @@ def _check_score(min_score: Any) -> float | None:
     return float(min_score)
 
 
+#: A refinement pass looks at a square of this many face-box sides around each face.
+REFINE_ZOOM = 1.8
+
+
+def _views(
+    images: Sequence[torch.Tensor], transforms: Sequence[CropTransform], detector: FaceDetector
+) -> torch.Tensor:
+    """Resample each image to its view and normalise: (B, 3, S, S)."""
+    from dife.embedding import resample_crop
+
+    c = detector.config
+    dev = detector.device
+    mean = torch.tensor(c.mean, device=dev).view(3, 1, 1)
+    std = torch.tensor(c.std, device=dev).view(3, 1, 1)
+    return torch.stack(
+        [(resample_crop(img.to(dev, torch.float32), t) - mean) / std for img, t in zip(images, transforms, strict=True)]
+    )
+
+
+def _to_photo(d: Any, t: CropTransform, detector: FaceDetector) -> Detection:
+    """A decoded face (view edge coordinates) in photo pixels."""
+    c = detector.config
+    s = t.side / t.size
+    box = tuple(float(v) for v in (t.left + d.box[0] * s, t.top + d.box[1] * s, t.left + d.box[2] * s, t.top + d.box[3] * s))
+    kps = {}
+    for name, (x, y) in zip(c.keypoints, d.keypoints.cpu().tolist(), strict=True):
+        if name.startswith("mouth") and c.species[d.species] != "human":
+            continue
+        kps[name] = (t.left + x * s - 0.5, t.top + y * s - 0.5)
+    probs = d.species_probs.cpu().tolist()
+    return Detection(
+        box,  # type: ignore[arg-type]
+        float(d.score),
+        c.species[d.species],
+        {n: float(p) for n, p in zip(c.species, probs, strict=True)},
+        kps,
+    )
+
+
+def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def detect_tensors(
     images: Sequence[torch.Tensor],
     detector: FaceDetector,
@@ -262,51 +311,70 @@ def detect_tensors(
     species: Any = None,
     min_score: float | None = None,
     max_detections: int | None = None,
+    refine: int = 1,
+    max_refined: int = 5,
 ) -> list[list[Detection]]:
-    """Detect faces in loaded (3, H, W) images in [0, 1], batched (the torch core of [detect_faces][dife.detection.detect_faces])."""
-    from dife.embedding import resample_crop
+    """Detect faces in loaded (3, H, W) images in [0, 1], batched (the torch core of [detect_faces][dife.detection.detect_faces]).
 
+    First the whole photo, letterboxed; then ``refine`` times, a closer look
+    at each of the ``max_refined`` best faces: a square view of
+    [REFINE_ZOOM][dife.detection.REFINE_ZOOM] box sides centred on the face
+    (black outside the photo), where the face fills far more of the view. The
+    face found nearest the view's centre that overlaps the first box (IoU >
+    0.3) gives the refined box, landmarks and species; the score stays that of
+    the whole photo.
+    """
     c = detector.config
     size = c.input_size
     mask = _species_mask(detector, species)
-    dev = detector.device
-    mean = torch.tensor(c.mean, device=dev).view(3, 1, 1)
-    std = torch.tensor(c.std, device=dev).view(3, 1, 1)
-    views, transforms = [], []
-    for img in images:
-        H, W = int(img.shape[1]), int(img.shape[2])
-        t = CropTransform(0.0, 0.0, float(max(W, H)), size, W, H)
-        views.append((resample_crop(img.to(dev, torch.float32), t) - mean) / std)
-        transforms.append(t)
+    transforms = [
+        CropTransform(0.0, 0.0, float(max(img.shape[1], img.shape[2])), size, int(img.shape[2]), int(img.shape[1]))
+        for img in images
+    ]
     with torch.inference_mode():
         raw = detector.decode(
-            detector(torch.stack(views)), min_score=min_score, max_detections=max_detections, species_mask=mask
+            detector(_views(images, transforms, detector)),
+            min_score=min_score,
+            max_detections=max_detections,
+            species_mask=mask,
         )
     out: list[list[Detection]] = []
     for dets, t in zip(raw, transforms, strict=True):
-        s = t.side / t.size
         faces = []
         for d in dets:
-            box = tuple(float(t.left + v * s) for v in d.box)
-            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-            if not (0 <= cx <= t.width and 0 <= cy <= t.height):
-                continue  # a centre in the letterbox padding is not a face of the photo
-            probs = d.species_probs.cpu().tolist()
-            kps = {}
-            for name, (x, y) in zip(c.keypoints, d.keypoints.cpu().tolist(), strict=True):
-                if name.startswith("mouth") and c.species[d.species] != "human":
-                    continue
-                kps[name] = (t.left + x * s - 0.5, t.top + y * s - 0.5)
-            faces.append(
-                Detection(
-                    box,  # type: ignore[arg-type]
-                    float(d.score),
-                    c.species[d.species],
-                    {n: float(p) for n, p in zip(c.species, probs, strict=True)},
-                    kps,
-                )
-            )
+            f = _to_photo(d, t, detector)
+            cx, cy = (f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2
+            if 0 <= cx <= t.width and 0 <= cy <= t.height:  # a centre in the letterbox padding is no face
+                faces.append(f)
         out.append(faces)
+    for _ in range(max(0, int(refine))):
+        jobs = [(i, k) for i, faces in enumerate(out) for k in range(min(len(faces), max_refined))]
+        if not jobs:
+            break
+        views = []
+        for i, k in jobs:
+            f = out[i][k]
+            side = REFINE_ZOOM * f.side
+            cx, cy = (f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2
+            views.append(CropTransform(cx - side / 2, cy - side / 2, side, size, transforms[i].width, transforms[i].height))
+        with torch.inference_mode():
+            found = detector.decode(
+                detector(_views([images[i] for i, _ in jobs], views, detector)), min_score=0.0, species_mask=mask
+            )
+        for (i, k), v, dets in zip(jobs, views, found, strict=True):
+            old = out[i][k]
+            centre = size / 2
+            best = None
+            for d in dets:
+                f = _to_photo(d, v, detector)
+                if _box_iou(f.box, old.box) <= 0.3:
+                    continue
+                dist = ((d.box[0] + d.box[2]) / 2 - centre) ** 2 + ((d.box[1] + d.box[3]) / 2 - centre) ** 2
+                if best is None or dist < best[0]:
+                    best = (dist, f)
+            if best is not None:
+                f = best[1]
+                out[i][k] = Detection(f.box, old.score, f.species, f.species_scores, f.keypoints)
     return out
 
 
@@ -318,6 +386,7 @@ def detect_faces(
     model: FaceDetector | str | os.PathLike[str] | None = None,
     batch_size: int = 16,
     device: str | torch.device | None = None,
+    refine: int = 1,
 ) -> list[Detection] | list[list[Detection]]:
     """Find the faces of humans and animals in photos.
 
@@ -332,6 +401,8 @@ def detect_faces(
             folder, or ``None`` for the shipped ``dife-face-finder``.
         batch_size: Images per forward pass.
         device: Where to run (default: the detector's device, the CPU).
+        refine: Closer looks at each face (see [detect_tensors][dife.detection.detect_tensors]);
+            0 keeps the boxes of the whole-photo pass.
 
     Returns:
         For one image, a list of [Detection][dife.detection.Detection], best
@@ -358,7 +429,7 @@ def detect_faces(
             load_image(src, what=f"images[{s + k}]" if batched else "image")
             for k, src in enumerate(sources[s : s + batch_size])
         ]
-        out.extend(detect_tensors(chunk, det, species=species, min_score=ms))
+        out.extend(detect_tensors(chunk, det, species=species, min_score=ms, refine=check_int(refine, "refine", minimum=0)))
     return out if batched else out[0]
 
 

@@ -57,7 +57,7 @@ def _photo(w=200, h=100):
 
 def test_detect_faces_maps_the_letterboxed_view_back_to_photo_pixels():
     det = Rigged([(1, 3, 0.9, 16.0, "dog")])
-    faces = detect_faces(_photo(200, 100), model=det)
+    faces = detect_faces(_photo(200, 100), model=det, refine=0)
     assert len(faces) == 1
     f = faces[0]
     # view: the photo's longer side (200) fills 64 px; centre (28, 12) and side 16 in view edge coordinates
@@ -71,10 +71,34 @@ def test_detect_faces_maps_the_letterboxed_view_back_to_photo_pixels():
     assert view.shape == (3, 64, 64)
     assert torch.all(view[:, 40:, :] == -1.0) and view[:, :30, :].std() > 0.1
     # a batch gives one list per image; the species filter
-    both = detect_faces([_photo(), _photo(80, 120)], model=det)
+    both = detect_faces([_photo(), _photo(80, 120)], model=det, refine=0)
     assert isinstance(both, list) and len(both) == 2 and all(len(x) == 1 for x in both)
     assert detect_faces(_photo(), model=det, species="cat")[0].species == "cat"
     assert detect_faces(_photo(), model=det, min_score=0.95) == []
+
+
+def test_refinement_takes_the_face_at_the_centre_of_the_closer_view():
+    class TwoPass(Rigged):
+        def forward(self, x):
+            # first call (whole photo): the face of the previous test; later calls: a face at the view's
+            # centre cell, 10 % larger than the first box in view pixels, and a distractor in a corner
+            self.peaks = (
+                [(1, 3, 0.9, 16.0, "dog")] if not self.seen else [(3, 3, 0.4, 64 / 1.8 * 1.1, "cat"), (0, 0, 0.99, 8.0, "cow")]
+            )
+            return super().forward(x)
+
+    from dife.detection import REFINE_ZOOM
+
+    (first,) = detect_faces(_photo(200, 100), model=Rigged([(1, 3, 0.9, 16.0, "dog")]), refine=0)
+    (f,) = detect_faces(_photo(200, 100), model=TwoPass([]), refine=1)
+    cx, cy = (first.box[0] + first.box[2]) / 2, (first.box[1] + first.box[3]) / 2
+    side = REFINE_ZOOM * first.side
+    s = side / 64
+    left, top = cx - side / 2, cy - side / 2
+    expected_side = 64 / 1.8 * 1.1 * s
+    ex, ey = left + 28 * s, top + 28 * s  # centre of cell (3, 3): 8 * (3 + 0.5) view pixels
+    assert f.box == pytest.approx((ex - expected_side / 2, ey - expected_side / 2, ex + expected_side / 2, ey + expected_side / 2))
+    assert f.species == "cat" and f.score == pytest.approx(0.9, abs=1e-5)  # species of the closer look, first score
 
 
 def test_detect_faces_drops_centres_in_the_letterbox_padding():
