@@ -92,13 +92,21 @@ def _metrics(path: Path) -> str:
     if not path.is_file():
         return "Run `python benchmarks/wild.py` to measure (see docs/evaluation.md)."
     data = json.loads(path.read_text())
-    det = data.get("detection")
+    det = (data.get("wild") or {}).get("detection")
     if not det:
         return "See benchmarks/results/wild_dev.md."
-    rows = ["| species | photos | found (IoU >= 0.5) | species right | AP@0.5 | mean IoU |", "|---|---:|---:|---:|---:|---:|"]
-    for sp, r in det.items():
+    rows = [
+        "| species | photos | found (IoU >= 0.5), % | species right, % | AP@0.5 | mean IoU |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+
+    def fmt(v: float | None, spec: str) -> str:
+        return "–" if v is None else format(v, spec)
+
+    for sp, r in [*det["per_species"].items(), ("all", det["all"])]:
         rows.append(
-            f"| {sp} | {r['n']} | {r['found']:.3f} | {r['species_acc']:.3f} | {r.get('ap50', float('nan')):.3f} | {r['mean_iou']:.3f} |"
+            f"| {sp} | {r['photos']} | {fmt(r['found'], '.1f')} | {fmt(r['species'], '.1f')} | "
+            f"{fmt(r['ap'], '.1f')} | {fmt(r['mean_iou'], '.3f')} |"
         )
     return "\n".join(rows)
 
