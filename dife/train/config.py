@@ -1098,6 +1098,8 @@ def _validate(cfg: TrainConfig, *, check_paths: bool, check_teachers: bool) -> N
                 f"species name {name!r} must start with a letter and hold only letters, digits, '_' or '-'"
             )
         where = f"species.{name}"
+        if sp.extra_real and sp.real is None:
+            raise InputError(f"config key '{where}.extra_real' needs {where}.real (the main photo folder) as well")
         if sp.generator is None and sp.real is None:
             raise InputError(f"species {name!r} has no image source: set {where}.generator and/or {where}.real")
         if not 0.0 <= sp.real_probability <= 1.0:
@@ -1126,8 +1128,6 @@ def _validate(cfg: TrainConfig, *, check_paths: bool, check_teachers: bool) -> N
                     f"layer-{g.layer} features the converter must predict; set model.converter_dim to that width "
                     "(512 for layer 7 of the published StyleGAN2s)"
                 )
-        if sp.extra_real and sp.real is None:
-            raise InputError(f"config key '{where}.extra_real' needs {where}.real (the main photo folder) as well")
         if not 0.0 <= sp.extra_real_probability <= 1.0:
             raise InputError(
                 f"config key '{where}.extra_real_probability' must be in [0, 1], got {sp.extra_real_probability}"
