@@ -174,7 +174,7 @@ def mobilenetv2_timm_model(arch: str = "mobilenetv2_100", path: str | os.PathLik
     torchvision's ``features.*`` / ``classifier.*`` tensors are mapped onto
     timm's ``mobilenetv2_100`` by order (the same layers in the same order),
     every shape checked. Inputs must be normalised with
-    [IMAGENET_MEAN][dife._timm.IMAGENET_MEAN] / [IMAGENET_STD][dife._timm.IMAGENET_STD].
+    ``IMAGENET_MEAN`` / ``IMAGENET_STD``.
 
     Raises:
         TimmNotInstalledError: timm or the weights package is missing.
