@@ -108,12 +108,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_table(args: argparse.Namespace) -> None:
     data = json.loads(Path(args.json).read_text())
-    print("| experiment | protocol | λ | " + " | ".join(GROUPS) + " |")
-    print("|---|---|---:|" + "---:|" * len(GROUPS))
-    for e in data["experiments"]:
+    exps = data["experiments"]
+    print("| experiment | steps | wall (min) | s/step | protocol | λ | " + " | ".join(GROUPS) + " |")
+    print("|---|---:|---:|---:|---|---:|" + "---:|" * len(GROUPS))
+    for e in exps:
+        t = e.get("train") or {}
+        facts = (f"{t['steps']} | {t['wall_s'] / 60:.0f} | {t['s_per_step']:.2f}" if t else "– | – | –")
         for key, v in e["err70"].items():
             protocol, prior = key.split(" / prior ")
-            print(f"| {e['name']} | {protocol} | {prior} | " + " | ".join(f"{v[g]:.2f}" for g in GROUPS) + " |")
+            print(f"| {e['name']} | {facts} | {protocol} | {prior} | " + " | ".join(f"{v[g]:.2f}" for g in GROUPS) + " |")
+    if args.reference:
+        ref = next(e for e in exps if e["name"] == args.reference)["err70"]
+        keys = list(ref)
+        print()
+        print("| experiment | " + " | ".join(f"Δ all, {k.replace(' / prior ', ', λ ')}" for k in keys) + " |")
+        print("|---|" + "---:|" * len(keys))
+        for e in exps:
+            print(f"| {e['name']} | " + " | ".join(f"{e['err70'][k]['all'] - ref[k]['all']:+.2f}" for k in keys) + " |")
 
 
 def main() -> None:
@@ -132,6 +143,7 @@ def main() -> None:
     e.add_argument("--priors", type=float, nargs="+", default=[0.0, 2.0])
     t = sub.add_parser("table")
     t.add_argument("--json", required=True)
+    t.add_argument("--reference", default=None, help="experiment the Δ table compares with")
     args = ap.parse_args()
     {"eval": cmd_eval, "table": cmd_table}[args.cmd](args)
 
