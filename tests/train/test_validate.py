@@ -179,3 +179,18 @@ def test_authors_transfer_keypoints_and_the_eval_method(tmp_path: Path, tiny_con
         authors_transfer_keypoints(ident, [src], [tgt], pts)
     with pytest.raises(InputError, match="scoring"):
         DIFEMethod(ident, scoring="paper")
+
+
+@pytest.mark.parametrize("scoring", ["dife", "authors"])
+def test_validation_never_calls_the_face_finder(
+    faces: Path, tiny_model, monkeypatch: pytest.MonkeyPatch, scoring: str
+) -> None:
+    """The labelled crops are used as given (the centred square), whatever face finder exists."""
+    import dife.detection
+
+    def no_finder(*a, **k):
+        raise AssertionError("validation called the face finder")
+
+    monkeypatch.setattr(dife.detection, "_resolve", no_finder)
+    res = keypoint_transfer_error(tiny_model, faces, pairs=2, seed=0, species=["human", "dog"], scoring=scoring)
+    assert np.isfinite(res.overall)
