@@ -29,7 +29,9 @@ The detection used for each image is reported: ``Embedding.faces``,
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import threading
 import warnings
@@ -59,6 +61,7 @@ __all__ = [
     "choose_faces",
     "IMAGE_BOX",
     "REFINE_ZOOM",
+    "REFINE_CANDIDATE_SCORE",
 ]
 
 #: Name of the shipped face finder.
@@ -259,6 +262,8 @@ def _check_score(min_score: Any) -> float | None:
 
 #: A refinement pass looks at a square of this many face-box sides around each face.
 REFINE_ZOOM = 1.8
+#: Whole-photo score from which a face gets a closer look (when ``refine`` > 0).
+REFINE_CANDIDATE_SCORE = 0.05
 
 
 def _views(
@@ -311,7 +316,7 @@ def detect_tensors(
     species: Any = None,
     min_score: float | None = None,
     max_detections: int | None = None,
-    refine: int = 1,
+    refine: int | None = None,
     max_refined: int = 5,
 ) -> list[list[Detection]]:
     """Detect faces in loaded (3, H, W) images in [0, 1], batched (the torch core of [detect_faces][dife.detection.detect_faces]).
@@ -321,12 +326,20 @@ def detect_tensors(
     [REFINE_ZOOM][dife.detection.REFINE_ZOOM] box sides centred on the face
     (black outside the photo), where the face fills far more of the view. The
     face found nearest the view's centre that overlaps the first box (IoU >
-    0.3) gives the refined box, landmarks and species; the score stays that of
-    the whole photo.
+    0.3) gives the refined box, landmarks and species, and the score becomes
+    the geometric mean of the whole-photo score and the closer look's (0 when
+    the closer look finds nothing there). So that a face scored low in the
+    whole photo (a small face) can still pass ``min_score`` after a closer
+    look, faces from [REFINE_CANDIDATE_SCORE][dife.detection.REFINE_CANDIDATE_SCORE]
+    up are refined; the faces returned are those with a final score >=
+    ``min_score``, best first, without duplicates (IoU > 0.5 with a better face).
     """
     c = detector.config
     size = c.input_size
     mask = _species_mask(detector, species)
+    final_score = float(c.min_score if min_score is None else min_score)
+    refine = c.refine if refine is None else max(0, int(refine))
+    first_score = min(final_score, REFINE_CANDIDATE_SCORE) if refine else final_score
     transforms = [
         CropTransform(0.0, 0.0, float(max(img.shape[1], img.shape[2])), size, int(img.shape[2]), int(img.shape[1]))
         for img in images
@@ -334,8 +347,8 @@ def detect_tensors(
     with torch.inference_mode():
         raw = detector.decode(
             detector(_views(images, transforms, detector)),
-            min_score=min_score,
-            max_detections=max_detections,
+            min_score=first_score,
+            max_detections=None if refine else max_detections,
             species_mask=mask,
         )
     out: list[list[Detection]] = []
@@ -347,7 +360,10 @@ def detect_tensors(
             if 0 <= cx <= t.width and 0 <= cy <= t.height:  # a centre in the letterbox padding is no face
                 faces.append(f)
         out.append(faces)
-    for _ in range(max(0, int(refine))):
+    if not refine:
+        return out
+    photo_scores = [[f.score for f in faces] for faces in out]
+    for _ in range(refine):
         jobs = [(i, k) for i, faces in enumerate(out) for k in range(min(len(faces), max_refined))]
         if not jobs:
             break
@@ -374,8 +390,19 @@ def detect_tensors(
                     best = (dist, f)
             if best is not None:
                 f = best[1]
-                out[i][k] = Detection(f.box, old.score, f.species, f.species_scores, f.keypoints)
-    return out
+                score = math.sqrt(photo_scores[i][k] * f.score)
+                out[i][k] = Detection(f.box, score, f.species, f.species_scores, f.keypoints)
+            else:
+                out[i][k] = dataclasses.replace(old, score=0.0)
+    limit = c.max_detections if max_detections is None else int(max_detections)
+    result = []
+    for faces in out:
+        kept: list[Detection] = []
+        for f in sorted((f for f in faces if f.score >= final_score), key=lambda f: -f.score):
+            if all(_box_iou(f.box, g.box) <= 0.5 for g in kept):
+                kept.append(f)
+        result.append(kept[:limit])
+    return result
 
 
 def detect_faces(
@@ -386,7 +413,7 @@ def detect_faces(
     model: FaceDetector | str | os.PathLike[str] | None = None,
     batch_size: int = 16,
     device: str | torch.device | None = None,
-    refine: int = 1,
+    refine: int | None = None,
 ) -> list[Detection] | list[list[Detection]]:
     """Find the faces of humans and animals in photos.
 
@@ -402,7 +429,8 @@ def detect_faces(
         batch_size: Images per forward pass.
         device: Where to run (default: the detector's device, the CPU).
         refine: Closer looks at each face (see [detect_tensors][dife.detection.detect_tensors]);
-            0 keeps the boxes of the whole-photo pass.
+            0 keeps the boxes and scores of the whole-photo pass; default: the
+            finder's ``config.refine`` (1 for ``dife-face-finder``).
 
     Returns:
         For one image, a list of [Detection][dife.detection.Detection], best
@@ -422,6 +450,7 @@ def detect_faces(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     _species_mask(det, species)
+    rf = None if refine is None else check_int(refine, "refine", minimum=0)
     sources, batched = split_images(images)
     out: list[list[Detection]] = []
     for s in range(0, len(sources), batch_size):
@@ -429,7 +458,7 @@ def detect_faces(
             load_image(src, what=f"images[{s + k}]" if batched else "image")
             for k, src in enumerate(sources[s : s + batch_size])
         ]
-        out.extend(detect_tensors(chunk, det, species=species, min_score=ms, refine=check_int(refine, "refine", minimum=0)))
+        out.extend(detect_tensors(chunk, det, species=species, min_score=ms, refine=rf))
     return out if batched else out[0]
 
 
@@ -445,6 +474,7 @@ def choose_faces(
     *,
     detector: Any = None,
     what: Sequence[str] | None = None,
+    crop_size: int | None = None,
 ) -> tuple[list[Any], list[Detection | None]]:
     """The crop choice of the pipeline: a box (or ``None`` = centred square) for every image.
 
@@ -456,6 +486,10 @@ def choose_faces(
             (the source keypoints of a transfer).
         detector: Face finder (``None``: the shipped one).
         what: Names of the images for warnings.
+        crop_size: The model's input side: an image with no box whose sides
+            are both at most this is taken as a face crop already (the centred
+            square, no face finder): at the network's own resolution there is
+            no photo around a face to find it in.
 
     Returns:
         ``(boxes, faces)``: per image the box to crop (``None`` for the
@@ -464,7 +498,12 @@ def choose_faces(
     n = len(images)
     pts = list(points) if points is not None else [None] * n
     names = list(what) if what is not None else [f"images[{i}]" for i in range(n)]
-    need = [i for i, b in enumerate(boxes) if b is None]
+    small = crop_size is not None and crop_size > 0
+    need = [
+        i
+        for i, b in enumerate(boxes)
+        if b is None and not (small and max(int(images[i].shape[-1]), int(images[i].shape[-2])) <= int(crop_size))  # type: ignore[arg-type]
+    ]
     out_boxes: list[Any] = [None if (b is None or _is_image_box(b)) else b for b in boxes]
     faces: list[Detection | None] = [None] * n
     if not need:

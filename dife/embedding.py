@@ -325,7 +325,9 @@ def _prepare(
         if not isinstance(img, torch.Tensor) or img.ndim != 3 or img.shape[0] != 3:
             shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
             raise ShapeError(f"{name} must be a (3, H, W) tensor (use dife.images.load_image), got {shape}")
-    chosen, faces = choose_faces(images, box_list, face_points, detector=detector, what=names)
+    chosen, faces = choose_faces(
+        images, box_list, face_points, detector=detector, what=names, crop_size=int(config.input_size)
+    )
     crops, transforms = [], []
     for i, (img, box) in enumerate(zip(images, chosen, strict=True)):
         if box_list[i] is None or isinstance(box_list[i], str):
@@ -622,6 +624,8 @@ def embed(
             ``None`` (default) to find the face with the face finder (the
             best-scoring face; the centred square, with a
             [NoFaceWarning][dife.detection.NoFaceWarning], when none is found).
+            An image no larger than the model's input (96x96) is a face crop
+            already: with ``None`` it is embedded whole, without the face finder.
             For several images, one such value per image.
         model: A :class:`~dife.modeling.dife.DIFE`, a registry name / path, or
             ``None`` for the default model.

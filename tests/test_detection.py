@@ -28,8 +28,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 class Rigged(FaceDetector):
     """A detector whose output maps are fixed: one peak per (i, j, prob, side_px, species) on a 64-px view."""
 
-    def __init__(self, peaks):
-        super().__init__(FaceDetectorConfig(input_size=64, feature_stages=(2, 4, 5)))
+    def __init__(self, peaks, refine=0):
+        super().__init__(FaceDetectorConfig(input_size=64, feature_stages=(2, 4, 5), refine=refine))
         self.peaks = peaks
         self.seen: list[torch.Tensor] = []
 
@@ -73,8 +73,8 @@ def test_detect_faces_maps_the_letterboxed_view_back_to_photo_pixels():
     # a batch gives one list per image; the species filter
     both = detect_faces([_photo(), _photo(80, 120)], model=det, refine=0)
     assert isinstance(both, list) and len(both) == 2 and all(len(x) == 1 for x in both)
-    assert detect_faces(_photo(), model=det, species="cat")[0].species == "cat"
-    assert detect_faces(_photo(), model=det, min_score=0.95) == []
+    assert detect_faces(_photo(), model=det, species="cat", refine=0)[0].species == "cat"
+    assert detect_faces(_photo(), model=det, min_score=0.95, refine=0) == []
 
 
 def test_refinement_takes_the_face_at_the_centre_of_the_closer_view():
@@ -98,7 +98,36 @@ def test_refinement_takes_the_face_at_the_centre_of_the_closer_view():
     expected_side = 64 / 1.8 * 1.1 * s
     ex, ey = left + 28 * s, top + 28 * s  # centre of cell (3, 3): 8 * (3 + 0.5) view pixels
     assert f.box == pytest.approx((ex - expected_side / 2, ey - expected_side / 2, ex + expected_side / 2, ey + expected_side / 2))
-    assert f.species == "cat" and f.score == pytest.approx(0.9, abs=1e-5)  # species of the closer look, first score
+    # species of the closer look; score: geometric mean of the whole-photo and the closer look's
+    assert f.species == "cat" and f.score == pytest.approx(math.sqrt(0.9 * 0.4), abs=1e-5)
+
+
+class Closer(Rigged):
+    """Whole photo: one face with score ``first``; closer looks: a face at the view's centre with score ``second``."""
+
+    def __init__(self, first, second):
+        super().__init__([], refine=1)
+        self.first, self.second = first, second
+
+    def forward(self, x):
+        size = 64 / 1.8 * 1.0
+        self.peaks = [(1, 3, self.first, 16.0, "dog")] if not self.seen else (
+            [(3, 3, self.second, size, "dog")] if self.second else []
+        )
+        return super().forward(x)
+
+
+def test_a_closer_look_rescues_a_low_whole_photo_score_and_drops_a_face_it_cannot_see():
+    # 0.2 in the whole photo (under min_score 0.3), 0.8 on a closer look: sqrt(0.16) = 0.4, kept
+    (f,) = detect_faces(_photo(200, 100), model=Closer(0.2, 0.8))
+    assert f.score == pytest.approx(0.4, abs=1e-5)
+    # without the closer look it is not a face; under the candidate floor it is never looked at
+    assert detect_faces(_photo(200, 100), model=Closer(0.2, 0.8), refine=0) == []
+    assert detect_faces(_photo(200, 100), model=Closer(0.04, 0.99)) == []
+    # a face the closer look does not confirm is dropped, however high its first score
+    assert detect_faces(_photo(200, 100), model=Closer(0.95, None)) == []
+    # min_score applies to the final score
+    assert detect_faces(_photo(200, 100), model=Closer(0.2, 0.8), min_score=0.45) == []
 
 
 def test_detect_faces_drops_centres_in_the_letterbox_padding():
@@ -215,3 +244,15 @@ def test_detection_helpers():
     assert not d.contains(np.array([[9.0, 20.0]]))
     assert d.to_dict()["box"] == [10.0, 20.0, 30.0, 40.0]
     assert "cat face" in str(d)
+
+
+def test_images_at_the_model_input_size_are_face_crops_already(tiny_model):
+    """With no box, an image no larger than the model's input is embedded whole, without the face finder."""
+    det = Rigged([(1, 3, 0.9, 16.0, "dog")])
+    size = tiny_model.config.input_size
+    small = np.random.default_rng(1).integers(0, 256, (size, size - 10, 3), dtype=np.uint8)
+    emb = dife.embed(small, model=tiny_model, detector=det)
+    assert det.seen == [] and emb.faces == [None]
+    assert emb.transforms[0].side == size - 10  # the centred square
+    big = np.random.default_rng(1).integers(0, 256, (size + 1, size + 1, 3), dtype=np.uint8)
+    assert dife.embed(big, model=tiny_model, detector=det).faces[0] is not None and len(det.seen) == 1

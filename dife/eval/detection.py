@@ -34,7 +34,7 @@ the exact network input.
 
 Example:
     >>> from dife.eval import detection_report, read_dataset  # doctest: +SKIP
-    >>> rep = detection_report(read_dataset("../shared/data/wild"))  # doctest: +SKIP
+    >>> rep = detection_report(read_dataset("path/to/wild"))  # doctest: +SKIP
     >>> print(rep.markdown())  # doctest: +SKIP
 """
 

@@ -63,6 +63,8 @@ class FaceDetectorConfig:
         min_score: Default score threshold of :meth:`FaceDetector.decode`.
         nms_iou: Boxes overlapping a better one by more than this are dropped.
         max_detections: At most this many faces per image.
+        refine: Closer looks at each face after the whole photo (see
+            [detect_tensors][dife.detection.detect_tensors]); 0: the whole photo only.
         extra: Free-form metadata (training data, metrics, licence).
     """
 
@@ -79,6 +81,7 @@ class FaceDetectorConfig:
     min_score: float = 0.3
     nms_iou: float = 0.4
     max_detections: int = 20
+    refine: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -104,6 +107,7 @@ class FaceDetectorConfig:
             "head_dim": (1, 1024),
             "head_layers": (0, 8),
             "max_detections": (1, 1000),
+            "refine": (0, 4),
         }
         for name, (lo, hi) in ints.items():
             v = getattr(self, name)
