@@ -5,19 +5,19 @@ Run from the repository root (the lead runs the full benchmark; it takes minutes
     python benchmarks/accuracy.py                                   # dife-base, identity, imagenet-nn; 100 pairs / group
     python benchmarks/accuracy.py --methods identity --pairs 5 --out /tmp/acc   # a smoke test
 
-It runs the evaluation of ``dife eval`` (:func:`dife.eval.run_eval`: fixed-seed
+It runs the evaluation of ``dife eval`` (``dife.eval.run_eval``: fixed-seed
 cross-species pairs per group, the ``aligned`` and ``jittered`` crop
 protocols, 70-px error / IOD-normalised error / PCK with bootstrap 95 %
 intervals) on ``--data`` (default ``../shared/data/faces``) and writes, atomically:
 
-* ``<out>/accuracy_dev.json``: :func:`dife.eval.json_report` (without the
+* ``<out>/accuracy_dev.json``: ``dife.eval.json_report`` (without the
   per-pair points unless ``--with-pairs``) plus a ``benchmark`` block (command,
   versions, wall time);
-* ``<out>/accuracy_dev.md``: the markdown tables of :func:`dife.eval.markdown_report`
+* ``<out>/accuracy_dev.md``: the markdown tables of ``dife.eval.markdown_report``
   under a header naming the command and the environment;
 * ``<out>/accuracy_dev.png``: a bar chart of the mean 70-px error per group,
   one bar per method (with its 95 % interval), one panel per crop protocol,
-  drawn with PIL only (:func:`bar_chart`).
+  drawn with PIL only (``bar_chart``).
 
 Every method must resolve before anything runs: the default model
 ``dife-base`` needs its weights in ``dife/weights/dife-base/``, and
@@ -62,7 +62,7 @@ __all__ = ["PALETTE", "chart_data", "bar_chart", "resolve_methods", "main"]
 
 # ----------------------------------------------------------------------------- chart
 def chart_data(report: Mapping[str, Any], metric: str = "err70") -> dict[str, dict[str, dict[str, tuple[float, ...]]]]:
-    """``{protocol: {method: {group: (mean, lo, hi)}}}`` of one metric, from a :func:`dife.eval.json_report` dict.
+    """``{protocol: {method: {group: (mean, lo, hi)}}}`` of one metric, from a ``dife.eval.json_report`` dict.
 
     Groups keep the report's order, with ``all`` last; missing or empty
     groups are left out.
@@ -118,7 +118,7 @@ def bar_chart(
 
     Args:
         data: ``{protocol: {method: {group: (mean, lo, hi)}}}`` (see
-            :func:`chart_data`); ``lo`` / ``hi`` (optional) draw a 95 %
+            ``chart_data``); ``lo`` / ``hi`` (optional) draw a 95 %
             interval whisker.
         title: Top line.
         y_label: Vertical axis label.

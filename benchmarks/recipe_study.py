@@ -113,10 +113,12 @@ def cmd_table(args: argparse.Namespace) -> None:
     print("|---|---:|---:|---:|---|---:|" + "---:|" * len(GROUPS))
     for e in exps:
         t = e.get("train") or {}
-        facts = (f"{t['steps']} | {t['wall_s'] / 60:.0f} | {t['s_per_step']:.2f}" if t else "– | – | –")
+        facts = f"{t['steps']} | {t['wall_s'] / 60:.0f} | {t['s_per_step']:.2f}" if t else "– | – | –"
         for key, v in e["err70"].items():
             protocol, prior = key.split(" / prior ")
-            print(f"| {e['name']} | {facts} | {protocol} | {prior} | " + " | ".join(f"{v[g]:.2f}" for g in GROUPS) + " |")
+            print(
+                f"| {e['name']} | {facts} | {protocol} | {prior} | " + " | ".join(f"{v[g]:.2f}" for g in GROUPS) + " |"
+            )
     if args.reference:
         ref = next(e for e in exps if e["name"] == args.reference)["err70"]
         keys = list(ref)

@@ -139,7 +139,7 @@ class Row:
         ref: Id of the reference row (None: no ratio, e.g. ``import dife``).
         peak_mem_mb: Peak memory above the start of the row, MiB (None: unknown).
         note: Anything a reader must know about this row.
-        ratio: Time per item ÷ the reference's (filled by :func:`apply_ratios`).
+        ratio: Time per item ÷ the reference's (filled by ``apply_ratios``).
         speedup: ``1 / ratio``.
         tflops: Achieved TFLOP/s (forward rows with a FLOP count).
         peak_fraction: ``tflops`` ÷ the chip's peak for its precision.
@@ -211,7 +211,7 @@ def apply_ratios(rows: Sequence[Row]) -> None:
 
 # ----------------------------------------------------------------------------- device and memory
 def cpu_name() -> str:
-    """The CPU model (``model name`` of ``/proc/cpuinfo``, else :func:`platform.processor`)."""
+    """The CPU model (``model name`` of ``/proc/cpuinfo``, else ``platform.processor``)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
             if line.lower().startswith(("model name", "hardware", "cpu model")) and ":" in line:
@@ -451,7 +451,7 @@ def import_time(repeats: int) -> list[float]:
 
 @dataclass
 class Spec:
-    """One row to measure: what :meth:`Context.run_group` times."""
+    """One row to measure: what ``Context.run_group`` times."""
 
     row_id: str
     what: str
@@ -970,7 +970,7 @@ def _fmt(x: float | None, spec: str) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The markdown page of one device's report (:func:`main`'s JSON)."""
+    """The markdown page of one device's report (``main``'s JSON)."""
     d, m = report["device"], report["model"]
     kind = "GPU" if d["type"] == "cuda" else "CPU"
     lines = [f"# Speed on {kind}: {d['name']}", ""]

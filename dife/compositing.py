@@ -1,15 +1,15 @@
 """Put an RGBA asset (glasses, a hat...) on a face, anchored on its keypoints.
 
-An :class:`Asset` is an RGBA picture plus named **anchors**: points in the
+An [Asset][dife.compositing.Asset] is an RGBA picture plus named **anchors**: points in the
 asset's own pixel coordinates (integer = pixel centre, as in
-:mod:`dife.coords`) that must land on the face keypoints of the same name.
-:func:`overlay` estimates a similarity or affine map from the anchors to the
+[dife.coords][dife.coords]) that must land on the face keypoints of the same name.
+[overlay][dife.compositing.overlay] estimates a similarity or affine map from the anchors to the
 face keypoints (least squares), warps the asset with it and alpha-composites
 the result over the image. The face keypoints are either given, or transferred
-from a reference face with :func:`dife.transfer.transfer_keypoints` — which is
+from a reference face with [dife.transfer.transfer_keypoints][dife.transfer.transfer_keypoints] — which is
 how one asset, anchored once, fits humans, cats and dogs alike.
 
-Two assets are built in (:data:`BUILTIN_ASSETS`), drawn by
+Two assets are built in ([BUILTIN_ASSETS][dife.compositing.BUILTIN_ASSETS]), drawn by
 ``tools/make_assets.py`` and anchored on the image-side names of the
 development set: ``"glasses"`` on ``eye_left_img``, ``eye_right_img`` and
 ``nose``; ``"party_hat"`` on the two eyes only.
@@ -107,7 +107,7 @@ class Asset:
         return np.array([self.anchors[n] for n in names], dtype=np.float64).reshape(-1, 2)
 
     def to_pil(self) -> Image.Image:
-        """The picture as an RGBA :class:`PIL.Image.Image` (a copy)."""
+        """The picture as an RGBA ``PIL.Image.Image`` (a copy)."""
         from PIL import Image
 
         return Image.fromarray(self.image)  # (h, w, 4) uint8 -> RGBA
@@ -155,11 +155,11 @@ def load_asset(name_or_path: str | os.PathLike[str] | Asset) -> Asset:
             to an RGBA PNG with a sidecar JSON of the same stem
             (``hat.png`` + ``hat.json``, holding
             ``{"anchors": {"eye_left_img": [x, y], ...}}`` in the PNG's pixel
-            coordinates, integer = pixel centre), or an :class:`Asset`
+            coordinates, integer = pixel centre), or an [Asset][dife.compositing.Asset]
             (returned unchanged).
 
     Returns:
-        The :class:`Asset`.
+        The [Asset][dife.compositing.Asset].
 
     Raises:
         InputError: unknown built-in name (the message lists them), missing
@@ -348,15 +348,15 @@ def overlay(
 
     Args:
         image: The face: a path, PIL image, numpy array or tensor (anything
-            :func:`dife.images.load_image` reads). Never modified.
+            [dife.images.load_image][dife.images.load_image] reads). Never modified.
         asset: A built-in name (``"glasses"``, ``"party_hat"``), a PNG path
-            with a sidecar JSON, or an :class:`Asset`.
+            with a sidecar JSON, or an [Asset][dife.compositing.Asset].
         keypoints: Target points in ``image`` pixels (integer = pixel
             centre): a dict name -> ``(x, y)``, or an (N, 2) array with one
             point per anchor in the asset's anchor order.
         reference: A reference face whose ``reference_keypoints`` are known;
             they are transferred to ``image`` with
-            :func:`dife.transfer.transfer_keypoints` (dense embedding nearest
+            [dife.transfer.transfer_keypoints][dife.transfer.transfer_keypoints] (dense embedding nearest
             neighbours), so any species can serve as reference.
         reference_keypoints: Dict name -> ``(x, y)`` (or (N, 2) array in
             anchor order) in ``reference`` pixels.
@@ -373,7 +373,7 @@ def overlay(
         opacity: Multiplies the asset's alpha, in [0, 1].
 
     Returns:
-        A new RGB :class:`PIL.Image.Image` of the image's size.
+        A new RGB ``PIL.Image.Image`` of the image's size.
 
     Raises:
         InputError: unknown asset or transform, both or neither of

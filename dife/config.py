@@ -22,7 +22,7 @@ PAPER_DOMAINS = ("human", "dog", "cat")
 
 
 def check_spatial_prior(value: Any, what: str = "spatial_prior", error: type[Exception] = InputError) -> float:
-    """Validate a spatial-prior weight ``λ`` (see :attr:`DIFEConfig.spatial_prior`).
+    """Validate a spatial-prior weight ``λ`` (see [DIFEConfig.spatial_prior][dife.config.DIFEConfig.spatial_prior]).
 
     Args:
         value: The weight; must be a finite real number ``>= 0`` (not a bool).
@@ -111,7 +111,7 @@ class DIFEConfig:
             the centre square of the image without a box, resized to
             ``input_size``).
         spatial_prior: Default weight ``λ`` of the optional spatial prior of
-            keypoint transfer (:func:`dife.transfer.transfer_keypoints`): a
+            keypoint transfer ([dife.transfer.transfer_keypoints][dife.transfer.transfer_keypoints]): a
             target pixel's score is its cosine similarity minus
             ``λ * d**2``, with ``d`` the distance between its relative position
             in the target crop and the source point's in the source crop (in
@@ -233,7 +233,7 @@ class DIFEConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DIFEConfig:
-        """Build a config from :meth:`to_dict` output; unknown keys are an error."""
+        """Build a config from [to_dict][dife.config.DIFEConfig.to_dict] output; unknown keys are an error."""
         if not isinstance(d, dict):
             raise CheckpointError(f"config must be a JSON object, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -249,5 +249,5 @@ class DIFEConfig:
         return config
 
     def to_json(self) -> str:
-        """Pretty JSON text of :meth:`to_dict`, with a ``model_type`` tag."""
+        """Pretty JSON text of [to_dict][dife.config.DIFEConfig.to_dict], with a ``model_type`` tag."""
         return json.dumps({"model_type": "dife", **self.to_dict()}, indent=2, sort_keys=False) + "\n"

@@ -23,8 +23,8 @@ crop, with the same integer-is-centre rule. The map between the two is
 ``x_img = (x_grid + 0.5) * side / size + left - 0.5``
 
 (``left``/``top`` the crop's edge coordinates), i.e. the same formula the
-development set uses for its crops. :func:`grid_to_normalized` converts grid
-coordinates to the [-1, 1] convention of :func:`torch.nn.functional.grid_sample`
+development set uses for its crops. [grid_to_normalized][dife.coords.grid_to_normalized] converts grid
+coordinates to the [-1, 1] convention of ``torch.nn.functional.grid_sample``
 with ``align_corners=False``.
 """
 
@@ -138,7 +138,7 @@ def square_crop(width: int, height: int, size: int, box: Sequence[float] | None 
         box: Optional face box ``(x0, y0, x1, y1)`` in edge coordinates.
 
     Returns:
-        The :class:`CropTransform` of the square crop: centred on the box with
+        The [CropTransform][dife.coords.CropTransform] of the square crop: centred on the box with
         side ``max(box width, box height)``, or the centred square of side
         ``min(width, height)`` without a box.
 

@@ -1,8 +1,8 @@
 """The default model: loaded lazily, once, shared by every function that takes ``model=None``.
 
-Nothing is loaded at import. The first call of :func:`get_default_model` loads
-the registry's default (:func:`dife.registry.default_model_name`); when that is
-the untrained random initialisation, one :class:`UserWarning` says so. Loading
+Nothing is loaded at import. The first call of [get_default_model][dife.defaults.get_default_model] loads
+the registry's default ([dife.registry.default_model_name][dife.registry.default_model_name]); when that is
+the untrained random initialisation, one ``UserWarning`` says so. Loading
 is thread-safe: concurrent first calls build the model once.
 
 Example:
@@ -64,7 +64,7 @@ def get_default_model(device: str | torch.device | None = None) -> DIFE:
 
     Args:
         device: Device to return the model on. ``None`` returns the cached
-            model where it is (the CPU unless :func:`set_default_model` gave
+            model where it is (the CPU unless [set_default_model][dife.defaults.set_default_model] gave
             one elsewhere); another device returns a cached copy there.
 
     Returns:
@@ -103,7 +103,7 @@ def set_default_model(model_or_name: DIFE | str | os.PathLike[str] | None) -> No
     """Replace the default model.
 
     Args:
-        model_or_name: A :class:`~dife.modeling.DIFE`, a registered name, a
+        model_or_name: A [DIFE][dife.modeling.dife.DIFE], a registered name, a
             local path or a hub repo id (loaded now, so errors show here), or
             ``None`` to go back to the lazily loaded registry default.
 
@@ -150,9 +150,9 @@ def resolve_model(model: Any = None) -> DIFE:
     """The model a public function should use.
 
     Args:
-        model: ``None`` (the default model), a :class:`~dife.modeling.DIFE`
+        model: ``None`` (the default model), a [DIFE][dife.modeling.dife.DIFE]
             (returned as is), or a name / path / repo id (loaded with
-            :func:`dife.hub.from_pretrained`, cached per name).
+            [dife.hub.from_pretrained][dife.hub.from_pretrained], cached per name).
 
     Raises:
         InputError: for any other type.

@@ -194,7 +194,9 @@ def load_detector(
     own = det.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
-        raise CheckpointError(f"{folder}: weights do not fit the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise CheckpointError(
+            f"{folder}: weights do not fit the config (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     for k, v in state.items():
         if tuple(v.shape) != tuple(own[k].shape):
             raise CheckpointError(f"{folder}: {k} has shape {tuple(v.shape)}, the config needs {tuple(own[k].shape)}")
@@ -266,9 +268,7 @@ REFINE_ZOOM = 1.8
 REFINE_CANDIDATE_SCORE = 0.05
 
 
-def _views(
-    images: Sequence[torch.Tensor], transforms: Sequence[CropTransform], detector: FaceDetector
-) -> torch.Tensor:
+def _views(images: Sequence[torch.Tensor], transforms: Sequence[CropTransform], detector: FaceDetector) -> torch.Tensor:
     """Resample each image to its view and normalise: (B, 3, S, S)."""
     from dife.embedding import resample_crop
 
@@ -285,7 +285,9 @@ def _to_photo(d: Any, t: CropTransform, detector: FaceDetector) -> Detection:
     """A decoded face (view edge coordinates) in photo pixels."""
     c = detector.config
     s = t.side / t.size
-    box = tuple(float(v) for v in (t.left + d.box[0] * s, t.top + d.box[1] * s, t.left + d.box[2] * s, t.top + d.box[3] * s))
+    box = tuple(
+        float(v) for v in (t.left + d.box[0] * s, t.top + d.box[1] * s, t.left + d.box[2] * s, t.top + d.box[3] * s)
+    )
     kps = {}
     for name, (x, y) in zip(c.keypoints, d.keypoints.cpu().tolist(), strict=True):
         if name.startswith("mouth") and c.species[d.species] != "human":
@@ -372,7 +374,9 @@ def detect_tensors(
             f = out[i][k]
             side = REFINE_ZOOM * f.side
             cx, cy = (f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2
-            views.append(CropTransform(cx - side / 2, cy - side / 2, side, size, transforms[i].width, transforms[i].height))
+            views.append(
+                CropTransform(cx - side / 2, cy - side / 2, side, size, transforms[i].width, transforms[i].height)
+            )
         with torch.inference_mode():
             found = detector.decode(
                 detector(_views([images[i] for i, _ in jobs], views, detector)), min_score=0.0, species_mask=mask

@@ -1,17 +1,17 @@
-"""Dense embeddings of face images: :func:`embed` and the :class:`Embedding` result.
+"""Dense embeddings of face images: [embed][dife.embedding.embed] and the [Embedding][dife.embedding.Embedding] result.
 
-:func:`embed` is the numpy / PIL layer over the batched torch core: it reads
-images of any accepted type (:mod:`dife.images`), applies the crop rule of
-:func:`dife.coords.square_crop` (:func:`prepare`), runs the network in chunks
+[embed][dife.embedding.embed] is the numpy / PIL layer over the batched torch core: it reads
+images of any accepted type ([dife.images][dife.images]), applies the crop rule of
+[dife.coords.square_crop][dife.coords.square_crop] ([prepare][dife.embedding.prepare]), runs the network in chunks
 and L2-normalises the per-pixel descriptors.
 
-Resampling is exactly consistent with :class:`dife.coords.CropTransform`: grid
+Resampling is exactly consistent with [dife.coords.CropTransform][dife.coords.CropTransform]: grid
 pixel ``j`` holds the image bilinearly sampled at
 ``x_img = (j + 0.5) * side / size + left - 0.5``, black where the crop square
 leaves the image. When the crop is shrunk by more than 2x, the image is first
 averaged over ``k x k`` blocks (``k = floor(side / size)``), with the sampling
 positions adjusted analytically so that the same formula still holds. See
-:func:`resample_crop`.
+[resample_crop][dife.embedding.resample_crop].
 """
 
 from __future__ import annotations
@@ -97,7 +97,10 @@ def normalize_boxes(boxes: Any, n: int) -> list[Any]:
         raise InputError(f"box must be None, 'image', (x0, y0, x1, y1) or a list of them, got {type(boxes).__name__}")
     if len(boxes) != n:
         raise InputError(f"got {len(boxes)} boxes for {n} images; pass one box (or None) per image")
-    return [b if b is None or (isinstance(b, str) and b == IMAGE_BOX) else _to_box(b, f"boxes[{i}]") for i, b in enumerate(boxes)]
+    return [
+        b if b is None or (isinstance(b, str) and b == IMAGE_BOX) else _to_box(b, f"boxes[{i}]")
+        for i, b in enumerate(boxes)
+    ]
 
 
 def _fmt_box(box: Any) -> str:
@@ -198,7 +201,7 @@ def resample_crop(image: torch.Tensor, transform: CropTransform) -> torch.Tensor
     Args:
         image: (C, H, W) float tensor, ``W == transform.width`` and
             ``H == transform.height``.
-        transform: The crop, from :func:`dife.coords.square_crop`.
+        transform: The crop, from [dife.coords.square_crop][dife.coords.square_crop].
 
     Returns:
         (C, size, size) tensor on the image's device and dtype.
@@ -348,7 +351,7 @@ class Embedding:
     Attributes:
         features: (B, C, S, S) float32, unit L2 norm along C (``C`` is the
             model's ``embed_dim``, ``S`` its ``input_size``).
-        transforms: One :class:`CropTransform` per image, mapping image pixel
+        transforms: One [CropTransform][dife.coords.CropTransform] per image, mapping image pixel
             coordinates to grid coordinates and back.
         faces: One entry per image: the [Detection][dife.detection.Detection]
             whose box was cropped, or ``None`` when the crop came from a
@@ -406,15 +409,15 @@ class Embedding:
 
     @property
     def device(self) -> torch.device:
-        """Device of :attr:`features`."""
+        """Device of [features][dife.embedding.Embedding.features]."""
         return self.features.device
 
     def to(self, device: str | torch.device) -> Embedding:
-        """A copy with :attr:`features` on ``device``."""
+        """A copy with [features][dife.embedding.Embedding.features] on ``device``."""
         return Embedding(self.features.to(device), list(self.transforms), self.faces)
 
     def numpy(self) -> np.ndarray:
-        """:attr:`features` as a (B, C, S, S) float32 numpy array."""
+        """[features][dife.embedding.Embedding.features] as a (B, C, S, S) float32 numpy array."""
         return self.features.detach().to("cpu", torch.float32).numpy()
 
     # -- coordinates
@@ -457,7 +460,7 @@ class Embedding:
             i: Index of the image in the batch.
 
         Returns:
-            (..., C) float32 tensor on :attr:`device`, unit L2 norm.
+            (..., C) float32 tensor on [device][dife.embedding.Embedding.device], unit L2 norm.
 
         Raises:
             ShapeError: points not of shape (..., 2).
@@ -627,7 +630,7 @@ def embed(
             An image no larger than the model's input (96x96) is a face crop
             already: with ``None`` it is embedded whole, without the face finder.
             For several images, one such value per image.
-        model: A :class:`~dife.modeling.dife.DIFE`, a registry name / path, or
+        model: A [DIFE][dife.modeling.dife.DIFE], a registry name / path, or
             ``None`` for the default model.
         batch_size: Images per forward pass (>= 1).
         device: Where to run; default the model's device. If the model lives
@@ -649,7 +652,7 @@ def embed(
             with a warning where compilation fails).
 
     Returns:
-        An :class:`Embedding` with one entry per image (length 1 for a single
+        An [Embedding][dife.embedding.Embedding] with one entry per image (length 1 for a single
         image), ``features`` (B, embed_dim, S, S) on ``device``, and in
         ``faces`` the detection used for each image.
 
@@ -724,9 +727,11 @@ def _face_points(face_points: Any, n: int) -> list[np.ndarray | None]:
             raise ShapeError(f"{what} must have shape (N, 2), got {arr.shape}")
         return arr
 
-    if n == 1 and not (isinstance(face_points, (list, tuple)) and len(face_points) == 1 and (
-        face_points[0] is None or np.asarray(face_points[0], dtype=object).ndim == 2
-    )):
+    if n == 1 and not (
+        isinstance(face_points, (list, tuple))
+        and len(face_points) == 1
+        and (face_points[0] is None or np.asarray(face_points[0], dtype=object).ndim == 2)
+    ):
         return [one(face_points, "face_points")]
     if not isinstance(face_points, (list, tuple)) or len(face_points) != n:
         raise InputError(f"face_points must be (N, 2) points for one image or one entry per image ({n})")

@@ -1,6 +1,6 @@
 """Exception hierarchy raised at dife's public boundary.
 
-Every error that dife raises on purpose derives from :class:`DIFEError`, so
+Every error that dife raises on purpose derives from [DIFEError][dife.errors.DIFEError], so
 ``except dife.DIFEError`` catches all of them. Each subclass also derives from
 the closest built-in exception (``ValueError``, ``KeyError``, ``FileNotFoundError``
 ...) so that generic handlers keep working.

@@ -1,12 +1,12 @@
 """Reading images of every accepted type into one tensor layout, with limits.
 
-Every image that enters dife goes through :func:`load_image`, which returns a
+Every image that enters dife goes through [load_image][dife.images.load_image], which returns a
 float32 CPU tensor of shape (3, H, W) with values in [0, 1]. Accepted inputs:
 
-* a path (``str`` or :class:`os.PathLike`) to an image file that Pillow can
-  read; the EXIF orientation tag is applied (:func:`PIL.ImageOps.exif_transpose`),
+* a path (``str`` or ``os.PathLike``) to an image file that Pillow can
+  read; the EXIF orientation tag is applied (``PIL.ImageOps.exif_transpose``),
   so keypoints refer to the image as viewers display it;
-* a :class:`PIL.Image.Image` of any mode, taken as stored (no EXIF rotation:
+* a ``PIL.Image.Image`` of any mode, taken as stored (no EXIF rotation:
   the caller already holds the pixels it sees); 16-bit grayscale is divided by
   65535; 32-bit integer (mode ``"I"``) images are read as 8-bit data when all
   values are <= 255, as 16-bit when <= 65535, else as 31-bit;
@@ -23,7 +23,7 @@ structure is broken (cut short, or bytes written over its data) gives a
 Transparency is composited **on black** (colour multiplied by alpha), the same
 black that fills crop regions outside the image.
 
-:func:`load_images` also accepts batches: a list / tuple of the above, a torch
+[load_images][dife.images.load_images] also accepts batches: a list / tuple of the above, a torch
 (B, 3, H, W) tensor, or a numpy (B, H, W, 3) array.
 """
 
@@ -325,11 +325,11 @@ def load_image(image: ImageLike, *, what: str = "image") -> torch.Tensor:
 def split_images(images: Any) -> tuple[list[Any], bool]:
     """Split an image or a batch into per-image sources without decoding them.
 
-    This is the cheap first half of :func:`load_images`; it lets callers load
+    This is the cheap first half of [load_images][dife.images.load_images]; it lets callers load
     (and free) big images chunk by chunk.
 
     Args:
-        images: One image (any type :func:`load_image` accepts), a list /
+        images: One image (any type [load_image][dife.images.load_image] accepts), a list /
             tuple of them, a torch (B, 3, H, W) tensor or a numpy
             (B, H, W, C) array.
 
@@ -371,7 +371,7 @@ def load_images(images: Any) -> tuple[list[torch.Tensor], bool]:
     """Read one image or a batch of images.
 
     Args:
-        images: One image of any type :func:`load_image` accepts, a list /
+        images: One image of any type [load_image][dife.images.load_image] accepts, a list /
             tuple of them (types may be mixed, sizes may differ), a torch
             (B, 3, H, W) float tensor or a numpy (B, H, W, 3) uint8 array.
 
@@ -381,7 +381,7 @@ def load_images(images: Any) -> tuple[list[torch.Tensor], bool]:
         callers can return unbatched results).
 
     Raises:
-        ImageError, ShapeError, InputError: as :func:`load_image`; for a batch
+        ImageError, ShapeError, InputError: as [load_image][dife.images.load_image]; for a batch
             the message names the index (``images[3]``).
     """
     sources, batched = split_images(images)
@@ -400,7 +400,7 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def pil_from_tensor(image: torch.Tensor) -> PIL.Image.Image:
-    """(3, H, W) float tensor in [0, 1] -> RGB :class:`PIL.Image.Image`."""
+    """(3, H, W) float tensor in [0, 1] -> RGB ``PIL.Image.Image``."""
     from PIL import Image
 
     return Image.fromarray(to_uint8(image))

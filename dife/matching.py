@@ -1,13 +1,13 @@
 """Matching kernels: pure torch functions on L2-normalised descriptor maps.
 
-Everything here works in **grid coordinates** of :mod:`dife.coords`: points
+Everything here works in **grid coordinates** of [dife.coords][dife.coords]: points
 are ``(x, y)`` pairs, ``x`` the column and ``y`` the row, and an integer value
 is the centre of that grid pixel. Feature maps are (C, H, W) and descriptors
 (N, C); both are assumed to have unit L2 norm along C, so a dot product is the
 cosine similarity.
 
 The nearest-neighbour search is chunked over the queries so that no more than
-about :data:`CHUNK_BYTES` of similarities exist at once, whatever the number of
+about [CHUNK_BYTES][dife.matching.CHUNK_BYTES] of similarities exist at once, whatever the number of
 queries (e.g. all 9,216 pixels of a 96 x 96 map against another 96 x 96 map);
 on the CPU the automatic chunk is smaller (`CPU_CHUNK_BYTES`), so that a
 chunk of similarities stays in the cache between the matrix product that
@@ -111,7 +111,7 @@ def cosine_similarity_maps(query: torch.Tensor, target: torch.Tensor) -> torch.T
     """Similarity of each query descriptor to every pixel of a target map.
 
     This materialises the full (N, H, W) result: for many queries use
-    :func:`nearest_neighbors` / :func:`match`, which work in chunks.
+    [nearest_neighbors][dife.matching.nearest_neighbors] / [match][dife.matching.match], which work in chunks.
 
     Args:
         query: (N, C) descriptors, unit L2 norm along C.
@@ -208,7 +208,7 @@ def refine_soft_argmax(
     Args:
         sim_maps: (N, H, W) similarity maps (e.g. cosine similarities).
         peaks: (N, 2) integer ``(x, y)`` grid coordinates of the peaks, inside
-            the maps (usually from :func:`nearest_neighbors`).
+            the maps (usually from [nearest_neighbors][dife.matching.nearest_neighbors]).
         window: Odd window side, >= 1 (1 returns the peaks unchanged).
         temperature: Softmax temperature > 0, in similarity units; smaller is
             closer to the hard argmax.
@@ -274,15 +274,15 @@ def match(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Nearest neighbours with optional soft-argmax refinement, in chunks.
 
-    Equivalent to :func:`nearest_neighbors` followed by
-    :func:`refine_soft_argmax` on :func:`cosine_similarity_maps`, without ever
+    Equivalent to [nearest_neighbors][dife.matching.nearest_neighbors] followed by
+    [refine_soft_argmax][dife.matching.refine_soft_argmax] on [cosine_similarity_maps][dife.matching.cosine_similarity_maps], without ever
     holding more than one chunk of similarity maps.
 
     Args:
         query: (N, C) descriptors, unit L2 norm.
         target: (C, H, W) feature map, unit L2 norm.
         refine: Refine the integer peaks to sub-pixel positions.
-        window: Odd soft-argmax window side (see :func:`refine_soft_argmax`).
+        window: Odd soft-argmax window side (see [refine_soft_argmax][dife.matching.refine_soft_argmax]).
         temperature: Soft-argmax temperature > 0.
         chunk_size: Queries per chunk; ``None``: automatic (`CHUNK_BYTES`,
             `CPU_CHUNK_BYTES` on the CPU).

@@ -3,7 +3,7 @@
 The authors' network (https://github.com/kingsj0405/DIFE) stores the hourglass
 encoder under ``hg.*`` and the domain converters under
 ``transformer.interspecies2d{i}_layer{j}[_norm].*``. dife's modules compute
-exactly the same function under other names; the table :data:`RENAME_RULES`
+exactly the same function under other names; the table [RENAME_RULES][dife.official.RENAME_RULES]
 maps one layout onto the other, in both directions:
 
 ================================================  ==============================
@@ -24,7 +24,7 @@ authors' key prefix                               dife key prefix
 ``transformer.interspecies2d{i}_layer{j}.``       ``converters.{i}.conv{j}.``
 ================================================  ==============================
 
-and, inside residual blocks (:data:`BLOCK_RULES`), the path segments
+and, inside residual blocks ([BLOCK_RULES][dife.official.BLOCK_RULES]), the path segments
 ``bn{i}`` -> ``norm{i}`` and ``downsample`` -> ``shortcut``. (The authors'
 ``bn*`` modules are GroupNorms, like dife's ``norm*``.)
 
@@ -139,12 +139,12 @@ def _rename_key(
 def official_to_dife(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Rename the authors' keys to dife's (values are passed through untouched).
 
-    Keys that match no rule of :data:`RENAME_RULES` are kept unchanged, so that
+    Keys that match no rule of [RENAME_RULES][dife.official.RENAME_RULES] are kept unchanged, so that
     a strict load reports them as unexpected under their original name.
 
     Args:
         state_dict: ``{authors' key: tensor}`` (a ``module.`` prefix must
-            already be stripped; see :func:`extract_state_dict`).
+            already be stripped; see [extract_state_dict][dife.official.extract_state_dict]).
 
     Returns:
         ``{dife key: tensor}`` in the same order.
@@ -153,7 +153,7 @@ def official_to_dife(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def dife_to_official(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`official_to_dife`: dife keys -> the authors' keys.
+    """Inverse of [official_to_dife][dife.official.official_to_dife]: dife keys -> the authors' keys.
 
     Useful to export a dife model for the authors' code, and to test the
     renaming. Keys that match no rule are kept unchanged.
@@ -205,10 +205,10 @@ def infer_config(state_dict: Mapping[str, Any], domains: Iterable[str] | None = 
         state_dict: ``{authors' key: tensor}``; anything with ``.shape`` works
             (meta tensors included).
         domains: Names of the converters' domains, in converter order.
-            Defaults to :func:`default_domain_names`.
+            Defaults to [default_domain_names][dife.official.default_domain_names].
 
     Returns:
-        The matching :class:`~dife.config.DIFEConfig` (paper preprocessing).
+        The matching [DIFEConfig][dife.config.DIFEConfig] (paper preprocessing).
 
     Raises:
         CheckpointError: if a key the architecture needs is missing or the

@@ -2,12 +2,12 @@
 
 Because DIFE embeds every species into one space, clustering the per-pixel
 descriptors of several faces *jointly* gives parts that agree across species:
-the cluster that covers a human's eyes also covers a cat's. :func:`kmeans` is
+the cluster that covers a human's eyes also covers a cat's. [kmeans][dife.parsing.kmeans] is
 a small, deterministic torch k-means (k-means++ seeding from a seeded
-:class:`torch.Generator`, optional spherical / cosine variant for unit-norm
-descriptors, chunked distances, empty-cluster re-seeding); :class:`FaceParser`
+``torch.Generator``, optional spherical / cosine variant for unit-norm
+descriptors, chunked distances, empty-cluster re-seeding); [FaceParser][dife.parsing.FaceParser]
 fits it on embeddings and predicts label maps at the original image
-resolution; :func:`parse_face` does both in one call.
+resolution; [parse_face][dife.parsing.parse_face] does both in one call.
 
 Part ``0`` is the part whose fitting pixels lie highest in the face crop
 (smallest mean grid ``y``, then ``x``), so labels do not depend on the order
@@ -149,7 +149,7 @@ def kmeans(
     """Cluster the rows of ``x`` with Lloyd's k-means and k-means++ seeding.
 
     Deterministic for a given ``seed`` on the CPU: all random choices come
-    from a :class:`torch.Generator` seeded with ``seed`` (on CUDA the mean
+    from a ``torch.Generator`` seeded with ``seed`` (on CUDA the mean
     step's ``index_add_`` may differ in the last bits).
 
     Args:
@@ -229,7 +229,7 @@ class FaceParser:
 
     Args:
         n_parts: Number of parts (k-means clusters), >= 1.
-        model: A :class:`~dife.modeling.dife.DIFE`, a model name / path, or
+        model: A [DIFE][dife.modeling.dife.DIFE], a model name / path, or
             ``None`` for the default model.
         seed: Seed of the k-means++ initialisation and of the pixel subsampling.
         max_pixels_per_image: At most this many grid pixels per image (chosen
@@ -238,7 +238,7 @@ class FaceParser:
         n_init: k-means restarts (the best one is kept).
 
     Attributes:
-        centroids: (n_parts, C) unit-norm part descriptors after :meth:`fit`
+        centroids: (n_parts, C) unit-norm part descriptors after [fit][dife.parsing.FaceParser.fit]
             (``None`` before).
         part_centers: (n_parts, 2) mean ``(x, y)`` position of each part's
             fitting pixels, in crop coordinates scaled to [0, 1]; parts are
@@ -275,7 +275,7 @@ class FaceParser:
 
     @property
     def is_fitted(self) -> bool:
-        """Whether :meth:`fit` (or :meth:`load`) has set the centroids."""
+        """Whether [fit][dife.parsing.FaceParser.fit] (or [load][dife.parsing.FaceParser.load]) has set the centroids."""
         return self.centroids is not None
 
     @property
@@ -338,16 +338,16 @@ class FaceParser:
 
         Args:
             images: One image or a list of images (any type
-                :func:`dife.embed` accepts), or a precomputed
-                :class:`~dife.embedding.Embedding`.
+                [dife.embed][dife.embedding.embed] accepts), or a precomputed
+                [Embedding][dife.embedding.Embedding].
             box: Face box(es) ``(x0, y0, x1, y1)`` in edge coordinates, as in
-                :func:`dife.embed`.
+                [dife.embed][dife.embedding.embed].
 
         Returns:
             ``self``, fitted.
 
         Raises:
-            InputError: fewer usable pixels than parts; errors of :func:`dife.embed`.
+            InputError: fewer usable pixels than parts; errors of [dife.embed][dife.embedding.embed].
         """
         emb, _ = self._embed(images, box)
         self._fit_embedding(emb)
@@ -407,8 +407,8 @@ class FaceParser:
 
         Args:
             images: One image, a list of images, or an
-                :class:`~dife.embedding.Embedding` (gives a list).
-            box: Face box(es), as in :func:`dife.embed`.
+                [Embedding][dife.embedding.Embedding] (gives a list).
+            box: Face box(es), as in [dife.embed][dife.embedding.embed].
 
         Returns:
             One (H, W) int32 array for a single image, or a list of them:
@@ -423,7 +423,7 @@ class FaceParser:
         return maps if batched else maps[0]
 
     def fit_predict(self, images: Any, *, box: Any = None) -> np.ndarray | list[np.ndarray]:
-        """:meth:`fit` then :meth:`predict` on the same images (embedded once)."""
+        """[fit][dife.parsing.FaceParser.fit] then [predict][dife.parsing.FaceParser.predict] on the same images (embedded once)."""
         emb, batched = self._embed(images, box)
         self._fit_embedding(emb)
         maps = self._predict_embedding(emb)
@@ -467,7 +467,7 @@ class FaceParser:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, model: DIFE | str | None = None) -> FaceParser:
-        """Read a parser written by :meth:`save`.
+        """Read a parser written by [save][dife.parsing.FaceParser.save].
 
         Args:
             path: The ``.safetensors`` file.
@@ -538,7 +538,7 @@ def parse_face(
 ) -> np.ndarray | list[np.ndarray]:
     """Split faces into ``n_parts`` parts that agree across the given faces.
 
-    Fits one :class:`FaceParser` on all the images jointly (so a human's and
+    Fits one [FaceParser][dife.parsing.FaceParser] on all the images jointly (so a human's and
     a cat's parts correspond) and predicts their label maps.
 
     Args:

@@ -1,6 +1,6 @@
 """The registry of named DIFE models: short names -> where the weights come from.
 
-There is one registry, :data:`MODELS`. Each :class:`ModelEntry` says where its
+There is one registry, [MODELS][dife.registry.MODELS]. Each [ModelEntry][dife.registry.ModelEntry] says where its
 weights live:
 
 * ``"package"``: a folder inside ``dife/weights/`` holding ``config.json`` and
@@ -12,7 +12,7 @@ weights live:
   downloaded by hand and converted (``dife convert-official PATH OUTDIR`` or
   ``DIFE.from_official(path)``).
 
-This module imports no torch; models are built by :func:`dife.hub.from_pretrained`.
+This module imports no torch; models are built by [dife.hub.from_pretrained][dife.hub.from_pretrained].
 
 Example:
     >>> import dife
@@ -60,11 +60,11 @@ class ModelEntry:
         description: One line for humans.
         source: ``"package"``, ``"hub"``, ``"random"`` or ``"official"``.
         trained: Whether the weights are trained (False for random init).
-        path: ``package``: folder relative to :data:`WEIGHTS_DIR`.
+        path: ``package``: folder relative to [WEIGHTS_DIR][dife.registry.WEIGHTS_DIR].
         repo_id: ``hub``: Hugging Face repository id ``owner/name``.
         revision: ``hub``: branch, tag or commit (None = default branch).
         seed: ``random``: the ``torch.manual_seed`` used for initialisation.
-        config: ``random``: keyword arguments of :class:`~dife.config.DIFEConfig`.
+        config: ``random``: keyword arguments of [DIFEConfig][dife.config.DIFEConfig].
         url: ``official``: where the authors' checkpoint can be downloaded.
         filename: ``official``: the authors' file name (``human+dog.pth``).
         domains: Species of the converters, in order.

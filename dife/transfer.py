@@ -1,11 +1,11 @@
-"""Keypoint and dense transfer between faces: :func:`transfer_keypoints`, :func:`transfer_dense`.
+"""Keypoint and dense transfer between faces: [transfer_keypoints][dife.transfer.transfer_keypoints], [transfer_dense][dife.transfer.transfer_dense].
 
-This is the numpy / PIL layer over :mod:`dife.matching`. A source point is
-mapped to the source grid (:class:`dife.coords.CropTransform`), its descriptor
+This is the numpy / PIL layer over [dife.matching][dife.matching]. A source point is
+mapped to the source grid ([dife.coords.CropTransform][dife.coords.CropTransform]), its descriptor
 is sampled there (bilinear, re-normalised), its nearest neighbour by cosine
 similarity is found in the target embedding, optionally refined to sub-pixel
 precision with a windowed soft-argmax, and mapped back to *target image*
-pixels. Points follow :mod:`dife.coords`: float ``(x, y)`` in the original
+pixels. Points follow [dife.coords][dife.coords]: float ``(x, y)`` in the original
 image, integers at pixel centres.
 
 Either side may be given as an [Embedding][dife.embedding.Embedding] (from
@@ -324,7 +324,7 @@ def transfer_keypoints(
     (``-0.5 <= x <= W - 0.5``), since the target crop may extend beyond it.
 
     Args:
-        src: Source image(s), any type :func:`dife.images.load_image` accepts,
+        src: Source image(s), any type [dife.images.load_image][dife.images.load_image] accepts,
             or their [Embedding][dife.embedding.Embedding].
         tgt: Target image(s), or their [Embedding][dife.embedding.Embedding].
         points: (N, 2) or (B, N, 2) ``(x, y)`` pixel coordinates in the
@@ -336,13 +336,13 @@ def transfer_keypoints(
             for a batch, one such value per source image. Must be ``None`` for
             an Embedding (its crop was chosen when it was embedded).
         tgt_box: The same for the target(s); ``None`` takes the best-scoring face.
-        return_scores: Also return :class:`KeypointScores`.
-        model: A :class:`~dife.modeling.DIFE`, a model name / path, or ``None``
-            (the default model, :func:`dife.defaults.resolve_model`). Not
+        return_scores: Also return [KeypointScores][dife.transfer.KeypointScores].
+        model: A [DIFE][dife.modeling.dife.DIFE], a model name / path, or ``None``
+            (the default model, [dife.defaults.resolve_model][dife.defaults.resolve_model]). Not
             loaded when both sides are Embeddings and ``spatial_prior`` is
             given.
         refine: Refine the nearest neighbour to sub-pixel precision with a
-            soft-argmax (:func:`dife.matching.refine_soft_argmax`).
+            soft-argmax ([dife.matching.refine_soft_argmax][dife.matching.refine_soft_argmax]).
         window: Odd side of the soft-argmax window, in grid pixels.
         temperature: Soft-argmax temperature (> 0, cosine-similarity units).
         batch_size: Images per forward pass.
@@ -354,7 +354,7 @@ def transfer_keypoints(
         spatial_prior: Weight ``λ >= 0`` of a broad spatial prior: a target
             pixel scores ``cos - λ * d**2``, ``d`` the distance between its
             relative position in the target crop and the source point's in
-            the source crop, in crop sides (see :func:`dife.matching.match`).
+            the source crop, in crop sides (see [dife.matching.match][dife.matching.match]).
             ``None`` uses the model's ``config.spatial_prior`` (0 for the
             paper's models; see the model card of the default model); ``0``
             is pure appearance matching. Scores report the cosine similarity
@@ -367,7 +367,7 @@ def transfer_keypoints(
         coordinates: a float64 numpy array for numpy / list points, a torch
         tensor (the points' float dtype, or float32, on their device) for
         torch points. With ``return_scores=True``, ``(points, scores)`` with
-        ``scores`` a :class:`KeypointScores` of arrays shaped like the points
+        ``scores`` a [KeypointScores][dife.transfer.KeypointScores] of arrays shaped like the points
         without the last dimension, and the faces used (``src_face``, ``tgt_face``).
 
     Raises:
@@ -507,7 +507,7 @@ class DenseCorrespondence:
         tgt_transform: Crop of the target image.
         inverse_field: (S, S, 2) float64 source image ``(x, y)`` matched by
             every target grid pixel (target -> source nearest neighbours, the
-            backward map used by :meth:`warp`).
+            backward map used by [warp][dife.transfer.DenseCorrespondence.warp]).
         src_face: The detection that framed the source (``None`` for a given box).
         tgt_face: The detection that framed the target.
     """
@@ -536,14 +536,14 @@ class DenseCorrespondence:
         """Warp the source image onto the target image's frame.
 
         Backward warp: each target pixel looks up the source position its
-        nearest neighbour points to (:attr:`inverse_field`, computed at grid
+        nearest neighbour points to ([inverse_field][dife.transfer.DenseCorrespondence.inverse_field], computed at grid
         resolution and bilinearly upsampled) and takes the bilinearly sampled
         source colour there. Target pixels outside the target crop, or
         mapping outside the source image, are black.
 
         Args:
             src_image: The source image used for the correspondence (any type
-                :func:`dife.images.load_image` accepts), same size as the source.
+                [dife.images.load_image][dife.images.load_image] accepts), same size as the source.
             output_size: ``(width, height)`` of the result; default the
                 target image size. The whole target image is resampled to it.
 
@@ -612,19 +612,19 @@ def transfer_dense(
     The source points are the centres of every ``stride``-th pixel of the
     ``S x S`` source grid (``S`` = the model's input size, 96), mapped to
     source image pixels. Each is matched by nearest neighbour (cosine
-    similarity) in the target embedding, as in :func:`transfer_keypoints`.
+    similarity) in the target embedding, as in [transfer_keypoints][dife.transfer.transfer_keypoints].
     The backward map (every target grid pixel -> its nearest source position)
-    is computed too, for :meth:`DenseCorrespondence.warp`.
+    is computed too, for [DenseCorrespondence.warp][dife.transfer.DenseCorrespondence.warp].
 
     Args:
-        src: One source image (any type :func:`dife.images.load_image` accepts),
+        src: One source image (any type [dife.images.load_image][dife.images.load_image] accepts),
             or its [Embedding][dife.embedding.Embedding] (of one image).
         tgt: One target image, or its Embedding.
         src_box: Face box ``(x0, y0, x1, y1)`` of the source, ``"image"``
             (centred square), or ``None`` to find the face (the best-scoring
             one); must be ``None`` for an Embedding.
         tgt_box: The same for the target.
-        model: A :class:`~dife.modeling.DIFE`, a model name / path, or ``None``
+        model: A [DIFE][dife.modeling.dife.DIFE], a model name / path, or ``None``
             (the default model); not loaded when both sides are Embeddings.
         stride: Take every ``stride``-th grid pixel along each axis (>= 1).
         refine: Soft-argmax sub-pixel refinement (both directions).
@@ -636,7 +636,7 @@ def transfer_dense(
         detector: Face finder for images without a box (``None``: the shipped one).
 
     Returns:
-        A :class:`DenseCorrespondence` with ``M = ceil(S / stride) ** 2`` points.
+        A [DenseCorrespondence][dife.transfer.DenseCorrespondence] with ``M = ceil(S / stride) ** 2`` points.
 
     Raises:
         InputError: more than one source or target image, bad options or boxes.
@@ -719,7 +719,7 @@ class TransferPredictor:
     source, model and options.
 
     Args:
-        model: A :class:`~dife.modeling.DIFE`, a model name / path, or
+        model: A [DIFE][dife.modeling.dife.DIFE], a model name / path, or
             ``None`` (the default model).
         device: Where to run (default: the model's device; a copy of the
             model is moved there if it lives elsewhere).
@@ -738,7 +738,7 @@ class TransferPredictor:
         """Embed the source face (replacing any earlier one).
 
         Args:
-            image: One image (any type :func:`dife.images.load_image`
+            image: One image (any type [dife.images.load_image][dife.images.load_image]
                 accepts), or an [Embedding][dife.embedding.Embedding] of one
                 image made with this predictor's model (then ``box`` must be
                 ``None``).

@@ -1,12 +1,12 @@
 """Pictures of embeddings, keypoints, matches and part maps (numpy + PIL only).
 
-:func:`embedding_to_rgb` colours descriptors with **one fixed projection** (a
+[embedding_to_rgb][dife.viz.embedding_to_rgb] colours descriptors with **one fixed projection** (a
 seeded orthonormal 3 x C matrix and a fixed squashing to [0, 255]), never a
 per-image PCA: the same descriptor gets the same colour in every image, so the
 colours of a human's and a cat's embedding can be compared directly — matching
 parts have matching colours.
 
-Drawing helpers use the pixel-centre convention of :mod:`dife.coords`: a point
+Drawing helpers use the pixel-centre convention of [dife.coords][dife.coords]: a point
 ``(x, y)`` with integer coordinates is drawn centred on that pixel.
 """
 
@@ -60,7 +60,7 @@ _PROJECTIONS: dict[int, np.ndarray] = {}
 
 
 def projection_matrix(dim: int = 16) -> np.ndarray:
-    """The fixed (3, dim) projection used by :func:`embedding_to_rgb`.
+    """The fixed (3, dim) projection used by [embedding_to_rgb][dife.viz.embedding_to_rgb].
 
     Rows are orthonormal, drawn once from ``numpy.random.default_rng(0)``
     (Gaussian matrix, QR decomposition, signs fixed by the diagonal of R), so
@@ -114,13 +114,13 @@ def embedding_to_rgb(embedding_or_features: Any, *, index: int = 0, at_image_res
     """Colour dense descriptors with the fixed projection.
 
     Args:
-        embedding_or_features: A :class:`dife.embedding.Embedding`, or features
+        embedding_or_features: A [dife.embedding.Embedding][dife.embedding.Embedding], or features
             as a torch tensor / numpy array, (B, C, S, S) or (C, S, S).
             Descriptors are L2-normalised here, so raw network output works too.
         index: Which image of a batch.
         at_image_resolution: Return the colours in the original image frame
             (H, W, 3), bilinearly interpolated through the embedding's
-            :class:`~dife.coords.CropTransform`; pixels outside the square
+            [CropTransform][dife.coords.CropTransform]; pixels outside the square
             crop are black. Needs an ``Embedding``.
 
     Returns:
@@ -266,11 +266,11 @@ def draw_keypoints(
             Points outside the image are clipped by the drawing.
         names: Optional labels, one per point, drawn beside the markers.
         colors: One colour (RGB tuple or name) or one per point; default
-            :data:`PALETTE`.
+            [PALETTE][dife.viz.PALETTE].
         radius: Marker radius in pixels; default about 1 % of the image side.
 
     Returns:
-        A new RGB :class:`PIL.Image.Image` of the image's size.
+        A new RGB ``PIL.Image.Image`` of the image's size.
 
     Raises:
         ShapeError: points not (N, 2).
@@ -324,14 +324,14 @@ def draw_matches(
             the same keys).
         scores: Optional (N,) match confidences in [0, 1] (clipped), or an
             object with a ``confidence`` attribute (e.g.
-            :class:`dife.transfer.KeypointScores`). Lines are then coloured
+            [dife.transfer.KeypointScores][dife.transfer.KeypointScores]). Lines are then coloured
             red (0) -> yellow -> green (1); without scores each match gets a
-            :data:`PALETTE` colour.
+            [PALETTE][dife.viz.PALETTE] colour.
         radius: Marker radius; default about 1 % of the smaller image side.
         line_width: Line width; default from the image size.
 
     Returns:
-        RGB :class:`PIL.Image.Image` of size ``(W_src + W_tgt, max(H_src, H_tgt))``,
+        RGB ``PIL.Image.Image`` of size ``(W_src + W_tgt, max(H_src, H_tgt))``,
         images top-aligned on black.
 
     Raises:
@@ -379,17 +379,17 @@ def draw_matches(
 
 
 def draw_parts(image: Any, labels: Any, *, alpha: float = 0.5) -> Image.Image:
-    """Blend a part label map over an image with the fixed :data:`PALETTE`.
+    """Blend a part label map over an image with the fixed [PALETTE][dife.viz.PALETTE].
 
     Args:
         image: Any accepted image (not modified), H x W.
-        labels: (H, W) integer label map (e.g. from :func:`dife.parse_face`);
+        labels: (H, W) integer label map (e.g. from [dife.parse_face][dife.parsing.parse_face]);
             part ``k`` gets ``PALETTE[k % len(PALETTE)]``, negative labels
             (-1: outside the crop) stay transparent.
         alpha: Opacity of the colours, in [0, 1].
 
     Returns:
-        A new RGB :class:`PIL.Image.Image`.
+        A new RGB ``PIL.Image.Image``.
 
     Raises:
         ShapeError: labels not (H, W) matching the image.
@@ -447,4 +447,3 @@ def draw_boxes(image: Any, faces: Sequence[Any], *, width: int | None = None) ->
         if len(pts):
             _draw_points(draw, pts, [col] * len(pts), r)
     return out
-

@@ -6,7 +6,7 @@ Run::
                                         [--pairs 10] [--out docs/images/evaluate_dataset]
 
 ``--data`` defaults to the environment variable ``DIFE_DEV_DATA``. Dataset
-layouts (``--format``; :func:`dife.eval.read_dataset` reads them all into face
+layouts (``--format``; ``dife.eval.read_dataset`` reads them all into face
 crops with image-side keypoint names):
 
 ==============  ===============================================  ==============================

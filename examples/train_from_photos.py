@@ -23,8 +23,8 @@ uses three losses:
   pixel correspondence is known, must match (``warps.jpg`` shows such a pair);
 * ``L_M2``: DVE exchange through a photo of another species.
 
-Any ``torch.nn.Module`` can serve as the dense teacher: :func:`main` takes one
-as ``dense_teacher=`` and hands it to :class:`dife.train.Trainer`.
+Any ``torch.nn.Module`` can serve as the dense teacher: ``main`` takes one
+as ``dense_teacher=`` and hands it to ``dife.train.Trainer``.
 """
 
 from __future__ import annotations

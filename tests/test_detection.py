@@ -83,7 +83,9 @@ def test_refinement_takes_the_face_at_the_centre_of_the_closer_view():
             # first call (whole photo): the face of the previous test; later calls: a face at the view's
             # centre cell, 10 % larger than the first box in view pixels, and a distractor in a corner
             self.peaks = (
-                [(1, 3, 0.9, 16.0, "dog")] if not self.seen else [(3, 3, 0.4, 64 / 1.8 * 1.1, "cat"), (0, 0, 0.99, 8.0, "cow")]
+                [(1, 3, 0.9, 16.0, "dog")]
+                if not self.seen
+                else [(3, 3, 0.4, 64 / 1.8 * 1.1, "cat"), (0, 0, 0.99, 8.0, "cow")]
             )
             return super().forward(x)
 
@@ -97,7 +99,9 @@ def test_refinement_takes_the_face_at_the_centre_of_the_closer_view():
     left, top = cx - side / 2, cy - side / 2
     expected_side = 64 / 1.8 * 1.1 * s
     ex, ey = left + 28 * s, top + 28 * s  # centre of cell (3, 3): 8 * (3 + 0.5) view pixels
-    assert f.box == pytest.approx((ex - expected_side / 2, ey - expected_side / 2, ex + expected_side / 2, ey + expected_side / 2))
+    assert f.box == pytest.approx(
+        (ex - expected_side / 2, ey - expected_side / 2, ex + expected_side / 2, ey + expected_side / 2)
+    )
     # species of the closer look; score: geometric mean of the whole-photo and the closer look's
     assert f.species == "cat" and f.score == pytest.approx(math.sqrt(0.9 * 0.4), abs=1e-5)
 
@@ -111,8 +115,10 @@ class Closer(Rigged):
 
     def forward(self, x):
         size = 64 / 1.8 * 1.0
-        self.peaks = [(1, 3, self.first, 16.0, "dog")] if not self.seen else (
-            [(3, 3, self.second, size, "dog")] if self.second else []
+        self.peaks = (
+            [(1, 3, self.first, 16.0, "dog")]
+            if not self.seen
+            else ([(3, 3, self.second, size, "dog")] if self.second else [])
         )
         return super().forward(x)
 

@@ -61,9 +61,7 @@ def test_no_box_transfer_matches_true_box_transfer():
     names = ("eye_left_img", "eye_right_img")
     src = [meta_src["keypoints"][n] for n in names]
     gt = np.array([meta_tgt["keypoints"][n] for n in names])
-    pred, scores = dife.transfer_keypoints(
-        IMAGES / "astronaut.jpg", IMAGES / "chelsea.jpg", src, return_scores=True
-    )
+    pred, scores = dife.transfer_keypoints(IMAGES / "astronaut.jpg", IMAGES / "chelsea.jpg", src, return_scores=True)
     assert scores.src_face is not None and scores.src_face.species == "human"
     assert scores.tgt_face is not None and scores.tgt_face.species == "cat"
     err = np.linalg.norm(pred - gt, axis=1)  # pixels of a 451x300 image; the cat's face is about 370 px

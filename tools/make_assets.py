@@ -2,7 +2,7 @@
 
 Each asset is a PNG plus a sidecar JSON with its anchor points, in the asset's
 own pixel-centre coordinates (an integer is the centre of that pixel, as in
-:mod:`dife.coords`). Anchor names are the image-side keypoint names of the
+``dife.coords``). Anchor names are the image-side keypoint names of the
 development set: the glasses use ``eye_left_img``, ``eye_right_img`` and
 ``nose``, the party hat only the two eyes. Both assets
 are laid out for an inter-ocular distance of 100 asset pixels, with the nose
@@ -39,7 +39,7 @@ class Canvas:
         self.image = Image.new("RGBA", (width * SS, height * SS), (0, 0, 0, 0))
 
     def layer(self) -> tuple[Image.Image, ImageDraw.ImageDraw]:
-        """A fresh transparent layer to draw on (composited with :meth:`paste`)."""
+        """A fresh transparent layer to draw on (composited with ``paste``)."""
         im = Image.new("RGBA", self.image.size, (0, 0, 0, 0))
         return im, ImageDraw.Draw(im)
 

@@ -97,7 +97,7 @@ def jitter_box(
         scale: ``(lo, hi)`` with ``0 < lo <= hi <= 1``.
 
     Returns:
-        The :class:`SubCrop`.
+        The [SubCrop][dife.eval.crops.SubCrop].
 
     Raises:
         InputError: a bad ``scale`` or image size.

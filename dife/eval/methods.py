@@ -825,17 +825,17 @@ def timm_nn(
         model_name: timm model name.
         stage: Index into the model's ``feature_info`` (negative counts from the end).
         weights: A timm-format state dict file (see
-            :class:`dife.train.teachers.timm_teacher.TimmTeacher`).
+            [dife.train.teachers.timm_teacher.TimmTeacher][dife.train.teachers.timm_teacher.TimmTeacher]).
         pretrained: Use timm's download instead (needs the network).
         input_size: Side of the network input (default: the model's
             ``pretrained_cfg`` input size).
-        grid: As in :class:`FeatureNNMethod`.
-        device: As in :class:`FeatureNNMethod`.
-        batch_size: As in :class:`FeatureNNMethod`.
+        grid: As in [FeatureNNMethod][dife.eval.methods.FeatureNNMethod].
+        device: As in [FeatureNNMethod][dife.eval.methods.FeatureNNMethod].
+        batch_size: As in [FeatureNNMethod][dife.eval.methods.FeatureNNMethod].
 
     Raises:
         TimmNotInstalledError, ModelNotFoundError, CheckpointError, InputError:
-            as :class:`~dife.train.teachers.timm_teacher.TimmTeacher`.
+            as [TimmTeacher][dife.train.teachers.timm_teacher.TimmTeacher].
     """
     timm = import_timm()
     from dife.train.teachers.timm_teacher import TimmTeacher

@@ -218,7 +218,7 @@ def bootstrap_ci(
         seed: Seed of the resampling.
 
     Returns:
-        :class:`Stat` with the mean over every value, ``lo`` / ``hi`` the
+        [Stat][dife.eval.metrics.Stat] with the mean over every value, ``lo`` / ``hi`` the
         ``alpha / 2`` and ``1 - alpha / 2`` quantiles of the means of the
         resamples (each resample draws as many pairs as there are, with
         replacement, and averages all their values).
@@ -259,7 +259,7 @@ def summarize(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> Stat:
-    """:func:`bootstrap_ci` of one metric over pairs (optionally one keypoint only)."""
+    """[bootstrap_ci][dife.eval.metrics.bootstrap_ci] of one metric over pairs (optionally one keypoint only)."""
     rows = []
     for r in results:
         vals = r.errors[metric]
@@ -301,7 +301,7 @@ def aggregate(
 
     Args:
         results: Pair results of one method under one protocol.
-        metrics: Metric keys of :func:`point_errors`.
+        metrics: Metric keys of [point_errors][dife.eval.metrics.point_errors].
         n_boot: Bootstrap resamples.
         seed: Seed of the resampling (the same for every group).
         all_label: Key of the summary over every pair of every group.

@@ -1,17 +1,17 @@
 """The pair protocol: fixed-seed source -> target face pairs per species group.
 
-Groups (:data:`GROUPS`): ``human->dog``, ``human->cat``, ``dog->cat``,
+Groups ([GROUPS][dife.eval.pairs.GROUPS]): ``human->dog``, ``human->cat``, ``dog->cat``,
 ``cat->dog``, ``human->livestock`` (livestock = horse, sheep, cow) and
 ``intra-species`` (two different faces of one species among human, dog, cat
 and the livestock species). Species outside these (e.g. the single quokka of
-the faces set, or AP-10K's other families) fall under :data:`OTHER` and are
+the faces set, or AP-10K's other families) fall under [OTHER][dife.eval.pairs.OTHER] and are
 left out of every group.
 
 Pairs of a group are drawn uniformly, without repetition, from all ordered
 (source, target) pairs of the group that share at least one keypoint name,
 with a generator seeded by ``(seed, crc32(group name))``: a group's pairs do
 not change when other groups or counts change, and the same seed always gives
-the same pairs. The default counts (:data:`PAPER_COUNTS`) are the paper's for
+the same pairs. The default counts ([PAPER_COUNTS][dife.eval.pairs.PAPER_COUNTS]) are the paper's for
 the first four groups (100 / 89 / 89 / 47) and 100 for the others; a group
 gets fewer when the data has fewer valid pairs.
 """
@@ -89,7 +89,7 @@ class Pair:
     """One evaluation pair.
 
     Attributes:
-        group: Group name (a key of :data:`GROUPS` or :data:`INTRA`).
+        group: Group name (a key of [GROUPS][dife.eval.pairs.GROUPS] or [INTRA][dife.eval.pairs.INTRA]).
         src: Index of the source sample.
         tgt: Index of the target sample.
         names: Keypoint names present in both, sorted.
@@ -102,7 +102,7 @@ class Pair:
 
 
 def species_group(species: str) -> str:
-    """``"horse"`` -> ``"livestock"``; human / dog / cat -> themselves; anything else -> :data:`OTHER`."""
+    """``"horse"`` -> ``"livestock"``; human / dog / cat -> themselves; anything else -> [OTHER][dife.eval.pairs.OTHER]."""
     s = species.lower()
     if s in LIVESTOCK:
         return "livestock"
@@ -177,14 +177,14 @@ def make_pairs(
 
     Args:
         samples: Objects with ``species`` and ``names`` (the keypoint names),
-            e.g. :class:`dife.eval.readers.FaceSample`.
+            e.g. [dife.eval.readers.FaceSample][dife.eval.readers.FaceSample].
         counts: Pairs per group: one int for every group, a dict (missing
-            groups get :data:`PAPER_COUNTS`), or None (:data:`PAPER_COUNTS`).
-        groups: Group names to draw (default :data:`GROUP_ORDER`).
+            groups get [PAPER_COUNTS][dife.eval.pairs.PAPER_COUNTS]), or None ([PAPER_COUNTS][dife.eval.pairs.PAPER_COUNTS]).
+        groups: Group names to draw (default [GROUP_ORDER][dife.eval.pairs.GROUP_ORDER]).
         seed: Seed; the same seed and samples give the same pairs.
 
     Returns:
-        The pairs, group by group in :data:`GROUP_ORDER`; a group with no
+        The pairs, group by group in [GROUP_ORDER][dife.eval.pairs.GROUP_ORDER]; a group with no
         valid pair is absent.
 
     Raises:

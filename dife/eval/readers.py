@@ -1,9 +1,9 @@
 """Readers: each dataset's own format -> face crops with named, image-side keypoints.
 
-Every reader returns a list of :class:`FaceSample` (cheap records; pixels are
-read on :meth:`FaceSample.load`). A sample names its source image, its
+Every reader returns a list of [FaceSample][dife.eval.readers.FaceSample] (cheap records; pixels are
+read on [FaceSample.load][dife.eval.readers.FaceSample.load]). A sample names its source image, its
 species, its keypoints in *source* pixels and the square face crop that
-:meth:`~FaceSample.load` cuts out and resamples to ``size x size``.
+[load][dife.eval.readers.FaceSample.load] cuts out and resamples to ``size x size``.
 
 **Keypoint names are image-side**: ``eye_left_img`` is the eye that appears on
 the left of the image, whatever the subject's own left / right. Sources that
@@ -14,18 +14,18 @@ face whose mapped points contradict the image-side order
 (``x(*_left_img) > x(*_right_img)``: profiles, upside-down heads, doubtful
 labels) is dropped, as in the project's development faces.
 
-Names used (:data:`KEYPOINT_NAMES`)::
+Names used ([KEYPOINT_NAMES][dife.eval.readers.KEYPOINT_NAMES])::
 
     eye_left_img, eye_right_img, nose, mouth_left_img, mouth_right_img
     eye_left_img_outer, eye_left_img_inner, eye_right_img_inner, eye_right_img_outer,
     lip_top, lip_bottom
 
-The 9-point set of WFLW and AnimalWeb (:data:`NINE_POINTS`) is the four eye
+The 9-point set of WFLW and AnimalWeb ([NINE_POINTS][dife.eval.readers.NINE_POINTS]) is the four eye
 corners, the nose tip, the two mouth corners and the top / bottom centre of
 the lips.
 
-**Coordinates** follow :mod:`dife.coords`: ``(x, y)`` pixels, an integer is the
-centre of that pixel. **Face crops** (:func:`face_box`) follow the paper and
+**Coordinates** follow [dife.coords][dife.coords]: ``(x, y)`` pixels, an integer is the
+centre of that pixel. **Face crops** ([face_box][dife.eval.readers.face_box]) follow the paper and
 the faces set: the axis-aligned box of the facial keypoints, a square centred
 on it with side ``margin`` (2.5) x its longer edge; parts outside the photo
 are black. Faces with more than ``max_outside`` (30 %) of the square outside
@@ -33,15 +33,15 @@ the photo, or a square smaller than ``min_side`` source pixels, are skipped.
 
 Formats:
 
-* :func:`read_faces_folder`: ``annotations.json`` + images (what ``dife data faces`` writes);
+* [read_faces_folder][dife.eval.readers.read_faces_folder]: ``annotations.json`` + images (what ``dife data faces`` writes);
   the images are the crops (no re-cropping).
-* :func:`read_coco_keypoints` / :func:`read_ap10k` / :func:`read_animal_pose`:
+* [read_coco_keypoints][dife.eval.readers.read_coco_keypoints] / [read_ap10k][dife.eval.readers.read_ap10k] / [read_animal_pose][dife.eval.readers.read_animal_pose]:
   COCO keypoint JSON (AP-10K), and the Animal-Pose ``keypoints.json`` layout
   (``images`` as an ``{id: file}`` dict, nested ``[[x, y, v], ...]`` points).
-* :func:`read_mafl`: CelebA ``list_landmarks*_celeba.txt`` + MAFL split lists.
+* [read_mafl][dife.eval.readers.read_mafl]: CelebA ``list_landmarks*_celeba.txt`` + MAFL split lists.
 * [read_mtfl][dife.eval.readers.read_mtfl]: MTFL / CUHK face alignment lists (``training.txt``, ``testing.txt``).
-* :func:`read_wflw`: WFLW ``list_98pt_rect_attr_*.txt`` lines (98 points -> 9).
-* :func:`read_animalweb`: AnimalWeb images with iBUG ``.pts`` files (9 points).
+* [read_wflw][dife.eval.readers.read_wflw]: WFLW ``list_98pt_rect_attr_*.txt`` lines (98 points -> 9).
+* [read_animalweb][dife.eval.readers.read_animalweb]: AnimalWeb images with iBUG ``.pts`` files (9 points).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ PAIRED_NAMES: tuple[tuple[str, str], ...] = (
 #: AP-10K / Animal-Pose names (the animal's own sides) -> image-side names.
 SUBJECT_SIDE_EYES_NOSE: dict[str, str] = {"right_eye": "eye_left_img", "left_eye": "eye_right_img", "nose": "nose"}
 
-#: WFLW 98-point indices of :data:`NINE_POINTS` (WFLW indices are image-side:
+#: WFLW 98-point indices of [NINE_POINTS][dife.eval.readers.NINE_POINTS] (WFLW indices are image-side:
 #: 60 / 64 outer / inner corner of the image-left eye, 68 / 72 inner / outer
 #: corner of the image-right eye, 54 nose tip, 76 / 82 mouth corners,
 #: 79 / 85 outer lip top / bottom centre).
@@ -233,7 +233,7 @@ class FaceSample:
         """Read the image, cut the face crop and map the keypoints into it.
 
         Returns:
-            A :class:`Face` with a ``(size, size, 3)`` uint8 crop (or the image
+            A [Face][dife.eval.readers.Face] with a ``(size, size, 3)`` uint8 crop (or the image
             as given when ``box`` is ``None``) and keypoints in its pixels.
 
         Raises:
@@ -333,7 +333,7 @@ def _outside_fraction(box: tuple[float, float, float], width: int, height: int) 
 
 
 def is_image_side_consistent(keypoints: Mapping[str, Sequence[float]]) -> bool:
-    """True when every present (left, right) pair of :data:`PAIRED_NAMES` has ``x(left) < x(right)``."""
+    """True when every present (left, right) pair of [PAIRED_NAMES][dife.eval.readers.PAIRED_NAMES] has ``x(left) < x(right)``."""
     for a, b in PAIRED_NAMES:
         if a in keypoints and b in keypoints and not float(keypoints[a][0]) < float(keypoints[b][0]):
             return False
@@ -523,7 +523,7 @@ def read_coco_keypoints(
             faces with at least two).
 
     Returns:
-        One :class:`FaceSample` per kept annotation, ``id`` = ``"<file>#<annotation id>"``.
+        One [FaceSample][dife.eval.readers.FaceSample] per kept annotation, ``id`` = ``"<file>#<annotation id>"``.
 
     Raises:
         InputError: a file that is not such a JSON, or bad options.
@@ -588,7 +588,7 @@ def read_coco_keypoints(
 def read_ap10k(
     annotations: str | os.PathLike[str], image_dir: str | os.PathLike[str], **kwargs: Any
 ) -> list[FaceSample]:
-    """AP-10K (COCO JSON, ``left_eye`` / ``right_eye`` the animal's own sides); see :func:`read_coco_keypoints`."""
+    """AP-10K (COCO JSON, ``left_eye`` / ``right_eye`` the animal's own sides); see [read_coco_keypoints][dife.eval.readers.read_coco_keypoints]."""
     kwargs.setdefault("dataset", "ap10k")
     return read_coco_keypoints(annotations, image_dir, **kwargs)
 
@@ -596,7 +596,7 @@ def read_ap10k(
 def read_animal_pose(
     annotations: str | os.PathLike[str], image_dir: str | os.PathLike[str], **kwargs: Any
 ) -> list[FaceSample]:
-    """Animal-Pose (``keypoints.json``, animal's own sides); see :func:`read_coco_keypoints`."""
+    """Animal-Pose (``keypoints.json``, animal's own sides); see [read_coco_keypoints][dife.eval.readers.read_coco_keypoints]."""
     kwargs.setdefault("dataset", "animal_pose")
     return read_coco_keypoints(annotations, image_dir, **kwargs)
 
@@ -627,11 +627,11 @@ def read_mafl(
     ``name x1 y1 x2 y2 ... x5 y5`` per image in the order left eye, right eye,
     nose, left mouth corner, right mouth corner. CelebA's ``left`` is the
     image's left (``lefteye_x < righteye_x``), so the names map one to one
-    (:data:`CELEBA_NAMES`). ``split`` is a MAFL list (``training.txt`` /
+    ([CELEBA_NAMES][dife.eval.readers.CELEBA_NAMES]). ``split`` is a MAFL list (``training.txt`` /
     ``testing.txt``, one image name per line) selecting the images.
 
     Returns:
-        One :class:`FaceSample` per kept image, species ``"human"``, ``id`` = the file name.
+        One [FaceSample][dife.eval.readers.FaceSample] per kept image, species ``"human"``, ``id`` = the file name.
 
     Raises:
         InputError: missing files or a malformed line (the message names it).
@@ -757,15 +757,15 @@ def read_wflw(
     max_outside: float = 0.3,
     drop_inconsistent: bool = True,
 ) -> list[FaceSample]:
-    """WFLW human faces, 98 points reduced to the 9 of :data:`NINE_POINTS`.
+    """WFLW human faces, 98 points reduced to the 9 of [NINE_POINTS][dife.eval.readers.NINE_POINTS].
 
     Each line of ``list_98pt_rect_attr_{train,test}.txt`` is 196 numbers
     (``x0 y0 ... x97 y97``), the face rectangle (4), six attribute flags and
     the image path relative to ``WFLW_images/``. WFLW indices are image-side;
-    :data:`WFLW_TO_NINE` picks the 9 points.
+    [WFLW_TO_NINE][dife.eval.readers.WFLW_TO_NINE] picks the 9 points.
 
     Returns:
-        One :class:`FaceSample` per kept line, species ``"human"``,
+        One [FaceSample][dife.eval.readers.FaceSample] per kept line, species ``"human"``,
         ``id`` = ``"<path>#<line number>"``.
 
     Raises:
@@ -836,20 +836,20 @@ def read_animalweb(
     Args:
         root: Folder searched recursively for images that have a ``.pts``
             file with the same stem.
-        order: Names of the 9 points in file order (default :data:`NINE_POINTS`:
+        order: Names of the 9 points in file order (default [NINE_POINTS][dife.eval.readers.NINE_POINTS]:
             the four eye corners from image-left to image-right, nose tip,
             left / right mouth corner, top / bottom lip centre).
         subject_side: The file's left / right are the animal's own sides
             (swap to image-side); default False (already image-side).
         species_of: Image stem -> species (default: the part before the last ``_``).
-        size: As in :func:`read_coco_keypoints`.
-        margin: As in :func:`read_coco_keypoints`.
-        min_side: As in :func:`read_coco_keypoints`.
-        max_outside: As in :func:`read_coco_keypoints`.
-        drop_inconsistent: As in :func:`read_coco_keypoints`.
+        size: As in [read_coco_keypoints][dife.eval.readers.read_coco_keypoints].
+        margin: As in [read_coco_keypoints][dife.eval.readers.read_coco_keypoints].
+        min_side: As in [read_coco_keypoints][dife.eval.readers.read_coco_keypoints].
+        max_outside: As in [read_coco_keypoints][dife.eval.readers.read_coco_keypoints].
+        drop_inconsistent: As in [read_coco_keypoints][dife.eval.readers.read_coco_keypoints].
 
     Returns:
-        One :class:`FaceSample` per image, ``id`` = the path relative to ``root``.
+        One [FaceSample][dife.eval.readers.FaceSample] per image, ``id`` = the path relative to ``root``.
 
     Raises:
         InputError: missing folder or malformed ``.pts``.
@@ -891,7 +891,7 @@ def _swap_side(name: str) -> str:
 
 
 # ------------------------------------------------------------------ dispatch
-#: Format names accepted by :func:`read_dataset`.
+#: Format names accepted by [read_dataset][dife.eval.readers.read_dataset].
 DATASET_FORMATS: tuple[str, ...] = ("auto", "faces", "ap10k", "animal_pose", "mafl", "mtfl", "wflw", "animalweb")
 
 
@@ -904,7 +904,7 @@ def read_dataset(path: str | os.PathLike[str], format: str = "auto", **kwargs: A
             exists). ``mafl``: the landmark file (``image_dir=``, ``split=``).
             ``mtfl``: the list file (``image_dir=``: the MTFL folder).
             ``wflw``: the annotation file (``image_dir=``). ``animalweb``: the folder.
-        format: One of :data:`DATASET_FORMATS`; ``auto`` recognises a folder
+        format: One of [DATASET_FORMATS][dife.eval.readers.DATASET_FORMATS]; ``auto`` recognises a folder
             with ``annotations.json`` (faces) or a folder of ``.pts`` files (AnimalWeb).
         **kwargs: Passed to the reader.
 

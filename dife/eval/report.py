@@ -152,7 +152,7 @@ def markdown_report(result: EvalResult, *, title: str | None = None) -> str:
     """The markdown tables of an evaluation.
 
     Args:
-        result: The :class:`~dife.eval.run.EvalResult`.
+        result: The [EvalResult][dife.eval.run.EvalResult].
         title: First heading (default: ``"Keypoint transfer on <data>"``).
 
     Returns:
@@ -285,7 +285,7 @@ def _frame_entry(pr: Any) -> dict[str, Any]:
 
 
 def write_json(result: EvalResult, path: str | os.PathLike[str], *, include_pairs: bool = True) -> Path:
-    """Write :func:`json_report` to ``path`` atomically; returns the path."""
+    """Write [json_report][dife.eval.report.json_report] to ``path`` atomically; returns the path."""
     p = Path(path)
     text = json.dumps(json_report(result, include_pairs=include_pairs), indent=1, allow_nan=False)
     with atomic_write(p, "w") as f:
@@ -294,7 +294,7 @@ def write_json(result: EvalResult, path: str | os.PathLike[str], *, include_pair
 
 
 def write_markdown(result: EvalResult, path: str | os.PathLike[str], *, title: str | None = None) -> Path:
-    """Write :func:`markdown_report` to ``path`` atomically; returns the path."""
+    """Write [markdown_report][dife.eval.report.markdown_report] to ``path`` atomically; returns the path."""
     p = Path(path)
     with atomic_write(p, "w") as f:
         f.write(markdown_report(result, title=title))

@@ -1,4 +1,4 @@
-"""Network components of DIFE, one file each, composed in :mod:`dife.modeling.dife`."""
+"""Network components of DIFE, one file each, composed in [dife.modeling.dife][dife.modeling.dife]."""
 
 from dife.modeling.blocks import Bottleneck
 from dife.modeling.converter import DomainConverter

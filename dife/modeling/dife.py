@@ -24,8 +24,8 @@ class DIFE(HubMixin, nn.Module):
     * ``model.convert(e, d)``: embedding -> species feature map of domain
       ``d`` (name or index), (B, ``converter_dim``, H, W).
 
-    For images, keypoints and boxes use the functions of :mod:`dife`
-    (:func:`dife.embed`, :func:`dife.transfer_keypoints`...), which handle
+    For images, keypoints and boxes use the functions of [dife][dife]
+    ([dife.embed][dife.embedding.embed], [dife.transfer_keypoints][dife.transfer.transfer_keypoints]...), which handle
     cropping, resizing and coordinates.
 
     Weights: ``DIFE.from_pretrained(name_or_path)``, ``DIFE.from_official(path)``,
@@ -109,7 +109,7 @@ class DIFE(HubMixin, nn.Module):
         """Apply the converter of one domain.
 
         Args:
-            e: (B, embed_dim, H, W) embedding from :meth:`forward`.
+            e: (B, embed_dim, H, W) embedding from [forward][dife.modeling.dife.DIFE.forward].
             domain: Domain name (e.g. ``"dog"``) or index.
 
         Returns:

@@ -1,7 +1,7 @@
 """The face finder: a frozen EfficientNet-Lite0 backbone with a light centre-point head.
 
 The network looks at a square view of a photo (``input_size`` pixels, the
-photo letterboxed into it, see :func:`dife.detection.detect_faces`) and
+photo letterboxed into it, see [dife.detection.detect_faces][dife.detection.detect_faces]) and
 predicts, on a grid of stride ``stride``:
 
 * ``heat`` (B, 1, h, w): logit that a face centre lies in the cell;
@@ -13,7 +13,7 @@ predicts, on a grid of stride ``stride``:
 
 Faces are squares framed as the face crops of the development data: centred
 on the eyes and nose (humans: and mouth corners), side 2.5x their extent.
-Decoding (:meth:`FaceDetector.decode`) keeps the local maxima of the centre
+Decoding ([FaceDetector.decode][dife.modeling.face_detector.FaceDetector.decode]) keeps the local maxima of the centre
 heat map (a 3 x 3 max filter, as in CenterNet), then suppresses boxes that
 overlap a better one.
 
@@ -47,7 +47,7 @@ DETECTOR_KEYPOINTS: tuple[str, ...] = ("eye_left_img", "eye_right_img", "nose", 
 
 @dataclass
 class FaceDetectorConfig:
-    """Architecture, preprocessing and decoding defaults of a :class:`FaceDetector`.
+    """Architecture, preprocessing and decoding defaults of a [FaceDetector][dife.modeling.face_detector.FaceDetector].
 
     Attributes:
         species: Species names, one logit each.
@@ -60,7 +60,7 @@ class FaceDetectorConfig:
         head_layers: Depthwise-separable 5x5 convolutions in the head tower.
         mean: Per-channel mean subtracted from RGB in [0, 1].
         std: Per-channel std dividing RGB in [0, 1].
-        min_score: Default score threshold of :meth:`FaceDetector.decode`.
+        min_score: Default score threshold of [FaceDetector.decode][dife.modeling.face_detector.FaceDetector.decode].
         nms_iou: Boxes overlapping a better one by more than this are dropped.
         max_detections: At most this many faces per image.
         refine: Closer looks at each face after the whole photo (see
@@ -155,7 +155,7 @@ class FaceDetectorConfig:
 
     @classmethod
     def from_dict(cls, d: Any) -> FaceDetectorConfig:
-        """Build a config from :meth:`to_dict` output; unknown keys are an error."""
+        """Build a config from [to_dict][dife.modeling.face_detector.FaceDetectorConfig.to_dict] output; unknown keys are an error."""
         if not isinstance(d, dict):
             raise CheckpointError(f"face detector config must be a JSON object, got {type(d).__name__}")
         d = {k: v for k, v in d.items() if k not in ("model_type", "dife_version")}
@@ -280,7 +280,7 @@ class FaceDetector(nn.Module):
         """Turn output maps into faces, best first, per image.
 
         Args:
-            out: :meth:`forward` output.
+            out: [forward][dife.modeling.face_detector.FaceDetector.forward] output.
             min_score: Keep centres with heat >= this (default ``config.min_score``).
             nms_iou: Drop boxes overlapping a kept one by more than this IoU.
             max_detections: At most this many per image.
@@ -288,7 +288,7 @@ class FaceDetector(nn.Module):
                 (the species of a face is the most likely allowed one).
 
         Returns:
-            For each image of the batch, a list of :class:`RawDetection` in
+            For each image of the batch, a list of [RawDetection][dife.modeling.face_detector.RawDetection] in
             view edge coordinates, sorted by score.
         """
         c = self.config

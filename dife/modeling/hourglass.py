@@ -64,7 +64,7 @@ class HourglassEncoder(nn.Module):
 
     Stem: conv7x7 stride 2 -> GN -> ReLU -> bottleneck (``planes_conv1``) ->
     bottleneck (``planes_block``) -> bottleneck (``planes_hg``), at half
-    resolution. Then one :class:`Hourglass`, a head of ``num_blocks``
+    resolution. Then one [Hourglass][dife.modeling.hourglass.Hourglass], a head of ``num_blocks``
     bottlenecks, conv1x1 -> GN -> ReLU, bilinear x2 upsampling
     (``align_corners=True``) and a final conv1x1 to ``embed_dim`` channels.
 

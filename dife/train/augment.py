@@ -2,31 +2,31 @@
 
 **Warps are sampling maps.** A warp ``G`` sends a point ``p`` of the *view*
 to the point ``G(p)`` of the *source* it shows: ``view(p) = source(G(p))``,
-exactly what :func:`torch.nn.functional.grid_sample` computes from a grid
+exactly what ``torch.nn.functional.grid_sample`` computes from a grid
 holding ``G`` at the view's pixel centres. Points are ``(x, y)`` in the
-``[-1, 1]`` coordinates of :func:`dife.coords.grid_to_normalized`
+``[-1, 1]`` coordinates of [dife.coords.grid_to_normalized][dife.coords.grid_to_normalized]
 (``align_corners=False``: ``-1`` / ``1`` are the outer edges of the border
 pixels). These coordinates do not depend on the resolution, so one warp
 evaluated at 96 x 96 (the image) and at 64 x 64 or 24 x 24 (a teacher's
 feature map of that image) gives views that correspond point for point: a
-*joint* warp of an image and its dense teacher targets (:meth:`Warp.grid`).
+*joint* warp of an image and its dense teacher targets ([Warp.grid][dife.train.augment.Warp.grid]).
 
-* :func:`random_affine` -- rotation, zoom, shift (and mirror) as ``(B, 2, 3)``
-  sampling matrices (the ``theta`` of :func:`torch.nn.functional.affine_grid`).
-* :func:`random_tps` / :func:`tps_grid` -- smooth thin-plate-spline warps
+* [random_affine][dife.train.augment.random_affine] -- rotation, zoom, shift (and mirror) as ``(B, 2, 3)``
+  sampling matrices (the ``theta`` of ``torch.nn.functional.affine_grid``).
+* [random_tps][dife.train.augment.random_tps] / [tps_grid][dife.train.augment.tps_grid] -- smooth thin-plate-spline warps
   that move a regular lattice of control points by random offsets.
-* :class:`Warp` / :func:`random_warp` -- ``G = affine ∘ TPS`` (the TPS is
+* [Warp][dife.train.augment.Warp] / [random_warp][dife.train.augment.random_warp] -- ``G = affine ∘ TPS`` (the TPS is
   applied to the view point first), evaluable at any resolution.
-* :func:`warp_images` -- resample images or feature maps with a grid or a warp.
-* :func:`correspondence` -- for two warps of one source, where every pixel of
-  view *a* is in view *b* (``grid1_to_2`` of :func:`dife.train.losses.matching_loss`),
+* [warp_images][dife.train.augment.warp_images] -- resample images or feature maps with a grid or a warp.
+* [correspondence][dife.train.augment.correspondence] -- for two warps of one source, where every pixel of
+  view *a* is in view *b* (``grid1_to_2`` of [dife.train.losses.matching_loss][dife.train.losses.matching_loss]),
   with a validity mask. The second warp is inverted analytically when it is
-  affine and by Newton's method otherwise (exact TPS for a :class:`Warp`;
+  affine and by Newton's method otherwise (exact TPS for a [Warp][dife.train.augment.Warp];
   a dense grid is interpolated bilinearly, within ~0.01 px for smooth warps).
-* :func:`color_jitter` -- per-sample brightness, contrast, saturation, hue
+* [color_jitter][dife.train.augment.color_jitter] -- per-sample brightness, contrast, saturation, hue
   and random grayscale of images in ``[-1, 1]``.
 
-Every random function takes an optional :class:`torch.Generator`; with a
+Every random function takes an optional ``torch.Generator``; with a
 seeded generator the result is reproducible (random numbers are drawn on the
 generator's device, then moved to ``device``).
 """
@@ -149,7 +149,7 @@ def pixel_centres(
 
     Returns:
         (h, w, 2) tensor of ``(x, y)``: entry ``[i, j]`` is
-        ``grid_to_normalized((j, i))`` (see :mod:`dife.coords`).
+        ``grid_to_normalized((j, i))`` (see [dife.coords][dife.coords]).
     """
     h, w = _size(size)
     xs = grid_to_normalized(torch.arange(w, device=device, dtype=dtype), w)
@@ -201,7 +201,7 @@ def random_affine(
     zooms in), mirrored left-right with probability 1/2 when ``flip``, then
     shifted by ``t ~ U(-max_translate, max_translate)`` of the image side in
     x and y. The returned matrix is the inverse map (view -> source), the
-    ``theta`` of :func:`torch.nn.functional.affine_grid` with
+    ``theta`` of ``torch.nn.functional.affine_grid`` with
     ``align_corners=False``; it is isotropic for square images.
 
     Args:
@@ -294,7 +294,7 @@ def tps_from_points(ctrl: torch.Tensor, target: torch.Tensor) -> TPSParams:
         target: (B, K, 2) source points they must show.
 
     Returns:
-        :class:`TPSParams`.
+        [TPSParams][dife.train.augment.TPSParams].
 
     Raises:
         ShapeError: mismatched shapes, fewer than 3 points, non-finite values.
@@ -356,7 +356,7 @@ def random_tps(
         device: Device of the parameters.
 
     Returns:
-        :class:`TPSParams` with K = ``n_ctrl**2`` control points.
+        [TPSParams][dife.train.augment.TPSParams] with K = ``n_ctrl**2`` control points.
     """
     b = _positive_int(batch_size, "batch_size")
     n = _positive_int(n_ctrl, "n_ctrl", 2)
@@ -373,12 +373,12 @@ def tps_grid(params: TPSParams, size: Size, *, dtype: torch.dtype = torch.float3
     """Sampling grid of thin-plate splines at the pixel centres of an ``h x w`` view.
 
     Args:
-        params: From :func:`random_tps` or :func:`tps_from_points`.
+        params: From [random_tps][dife.train.augment.random_tps] or [tps_from_points][dife.train.augment.tps_from_points].
         size: ``S`` or ``(h, w)``.
         dtype: Floating dtype of the grid.
 
     Returns:
-        (B, h, w, 2) grid for :func:`warp_images`.
+        (B, h, w, 2) grid for [warp_images][dife.train.augment.warp_images].
     """
     if not isinstance(params, TPSParams):
         raise InputError(f"params must be TPSParams (from random_tps), got {type(params).__name__}")
@@ -397,8 +397,8 @@ class Warp:
     then rotates / zooms / shifts it.
 
     Attributes:
-        theta: (B, 2, 3) affine sampling matrices (:func:`random_affine`).
-        tps: Optional :class:`TPSParams` of the same batch size.
+        theta: (B, 2, 3) affine sampling matrices ([random_affine][dife.train.augment.random_affine]).
+        tps: Optional [TPSParams][dife.train.augment.TPSParams] of the same batch size.
     """
 
     theta: torch.Tensor
@@ -464,15 +464,15 @@ def random_warp(
 
     Args:
         batch_size: Number of warps B.
-        affine: Keyword arguments of :func:`random_affine` (``None`` / ``True``:
+        affine: Keyword arguments of [random_affine][dife.train.augment.random_affine] (``None`` / ``True``:
             its defaults; ``False``: no affine part).
-        tps: Keyword arguments of :func:`random_tps` (``None`` / ``True``: its
+        tps: Keyword arguments of [random_tps][dife.train.augment.random_tps] (``None`` / ``True``: its
             defaults; ``False``: no TPS part).
         generator: Source of randomness.
         device: Device of the parameters.
 
     Returns:
-        A :class:`Warp`.
+        A [Warp][dife.train.augment.Warp].
     """
     b = _positive_int(batch_size, "batch_size")
 
@@ -511,12 +511,12 @@ def warp_images(
     """Resample images or feature maps: ``out[b, :, i, j] = images[b](grid[b, i, j])``.
 
     Works for any channel count, so an image and its teacher map are warped
-    alike; pass a :class:`Warp` to evaluate it at the input's own resolution.
+    alike; pass a [Warp][dife.train.augment.Warp] to evaluate it at the input's own resolution.
 
     Args:
         images: (B, C, H, W) float tensor (images in [-1, 1] or feature maps).
         grid: (B, h, w, 2) sampling grid in ``[-1, 1]`` coordinates
-            (``align_corners=False``), or a :class:`Warp` / (B, 2, 3) affine
+            (``align_corners=False``), or a [Warp][dife.train.augment.Warp] / (B, 2, 3) affine
             matrices (evaluated at the input's ``H x W``).
         mode: ``"bilinear"`` or ``"nearest"``.
         padding_mode: ``"zeros"`` (black outside the source) or ``"border"``.
@@ -708,12 +708,12 @@ def correspondence(
     view *b* by ``grid_b``. Pixel ``p`` of *a* shows the source point
     ``s = G_a(p)``; its correspondence is the point ``q`` of *b* with
     ``G_b(q) = s``. Inverting ``G_b`` is analytic for affine warps and
-    otherwise done by Newton's method on the exact TPS (:class:`Warp`) or on
+    otherwise done by Newton's method on the exact TPS ([Warp][dife.train.augment.Warp]) or on
     the bilinear interpolation of a dense grid; ``q`` is kept only when
     ``|G_b(q) - s|`` is below ``tolerance_px``.
 
     Args:
-        grid_a: Warp of view *a*: a :class:`Warp` (preferred: exact at any
+        grid_a: Warp of view *a*: a [Warp][dife.train.augment.Warp] (preferred: exact at any
             resolution), a (B, 2, 3) affine matrix, or a (B, H, W, 2)
             sampling grid (resampled to ``size`` if needed).
         grid_b: Warp of view *b*, same forms.
@@ -727,8 +727,8 @@ def correspondence(
         ``(grid1_to_2, valid)``:
 
         * ``grid1_to_2``: (B, S_a, S_a, 2) float32 ``(x, y)`` grid coordinates
-            of view *b* (integer = pixel centre, :mod:`dife.coords`), the
-            format of :func:`dife.train.losses.matching_loss`; ``-1`` (outside,
+            of view *b* (integer = pixel centre, [dife.coords][dife.coords]), the
+            format of [dife.train.losses.matching_loss][dife.train.losses.matching_loss]; ``-1`` (outside,
             hence ignored by the loss) where not valid.
         * ``valid``: (B, S_a, S_a) bool, True where ``s`` lies inside the
             source (the pixel is not padding), ``q`` inside view *b*

@@ -42,7 +42,7 @@ Data folders are parameters: a path may hold ``${data}`` or ``${dev_data}``,
 filled in from the keys ``data`` / ``dev_data`` when the config is loaded
 (after the overrides), and those keys may name environment variables
 (``data: ${DIFE_DATA}``); a placeholder left unfilled is a clear error when the
-run starts (:meth:`TrainConfig.validate`).
+run starts ([TrainConfig.validate][dife.train.config.TrainConfig.validate]).
 
 This module imports neither torch nor yaml at import time.
 """
@@ -108,7 +108,7 @@ _CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 # =============================================================================== sections
 @dataclass
 class ModelConfig:
-    """Architecture of the student (the fields of :class:`dife.config.DIFEConfig`).
+    """Architecture of the student (the fields of [dife.config.DIFEConfig][dife.config.DIFEConfig]).
 
     Attributes:
         embed_dim: Channels of the embedding E (16).
@@ -124,7 +124,7 @@ class ModelConfig:
         gn_groups: GroupNorm groups (16).
         input_size: Side of the square training / inference input (96).
         spatial_prior: Default spatial-prior weight written into the model's
-            config (:attr:`dife.config.DIFEConfig.spatial_prior`); it does not
+            config ([dife.config.DIFEConfig.spatial_prior][dife.config.DIFEConfig.spatial_prior]); it does not
             affect training, and validation always measures appearance only.
         init: Optional DIFE model (registry name or folder) to start from:
             the encoder is loaded strictly, converters by species name.
@@ -144,7 +144,7 @@ class ModelConfig:
     init: str | None = None
 
     def to_dife_config(self, domains: Iterable[str], extra: Mapping[str, Any] | None = None) -> Any:
-        """The :class:`dife.config.DIFEConfig` of the student for ``domains``."""
+        """The [dife.config.DIFEConfig][dife.config.DIFEConfig] of the student for ``domains``."""
         from dife.config import DIFEConfig
 
         return DIFEConfig(
@@ -185,7 +185,7 @@ class GeneratorConfig:
 
 @dataclass
 class RealConfig:
-    """Real photos of one species (:class:`dife.train.data.RealFaceFolder`).
+    """Real photos of one species ([dife.train.data.RealFaceFolder][dife.train.data.RealFaceFolder]).
 
     Attributes:
         folder: Folder of the images (e.g. ``"${data}"``, a pool built by ``dife data faces``).
@@ -344,7 +344,7 @@ class LossConfig:
     stop_grad_source: bool = False
 
     def weights(self) -> dict[str, float]:
-        """``{"k1": ..., "k2": ..., "m1": ..., "m2": ...}`` for :func:`dife.train.losses.total_loss`."""
+        """``{"k1": ..., "k2": ..., "m1": ..., "m2": ...}`` for [dife.train.losses.total_loss][dife.train.losses.total_loss]."""
         return {"k1": self.k1, "k2": self.k2, "m1": self.m1, "m2": self.m2}
 
 
@@ -538,7 +538,7 @@ class TrainConfig:
             (the shipped configs: ``${DIFE_DEV_DATA}``).
         species: ``{name: SpeciesConfig}``, in converter order.
         model, dense_teacher, loss, optim, augment, pseudo_pairs, validation, log: Sections.
-        extra_teachers: More dense teachers (:class:`ExtraTeacherConfig`), each
+        extra_teachers: More dense teachers ([ExtraTeacherConfig][dife.train.config.ExtraTeacherConfig]), each
             distilled through its own projection with its own weight; empty by default.
     """
 
@@ -599,15 +599,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Build from a (YAML) dict; see :func:`config_from_dict`."""
+        """Build from a (YAML) dict; see [config_from_dict][dife.train.config.config_from_dict]."""
         return config_from_dict(data)
 
     def to_yaml(self) -> str:
-        """YAML text (:func:`config_to_yaml`)."""
+        """YAML text ([config_to_yaml][dife.train.config.config_to_yaml])."""
         return config_to_yaml(self)
 
     def override(self, overrides: Mapping[str, Any] | Iterable[str]) -> TrainConfig:
-        """A copy with ``overrides`` applied (:func:`apply_overrides`)."""
+        """A copy with ``overrides`` applied ([apply_overrides][dife.train.config.apply_overrides])."""
         return apply_overrides(self, overrides)
 
     def validate(self, *, check_paths: bool = True, check_teachers: bool | None = None) -> TrainConfig:
@@ -796,7 +796,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 
 def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
-    """Build a :class:`TrainConfig` from a nested dict (YAML content).
+    """Build a [TrainConfig][dife.train.config.TrainConfig] from a nested dict (YAML content).
 
     Missing keys take their defaults; values are coerced to the field types.
 
@@ -823,7 +823,7 @@ def config_to_yaml(config: TrainConfig) -> str:
 
 
 def config_from_yaml(text: str, *, source: str = "<string>") -> TrainConfig:
-    """Parse YAML text into a :class:`TrainConfig`.
+    """Parse YAML text into a [TrainConfig][dife.train.config.TrainConfig].
 
     Raises:
         InputError: invalid YAML (with the line), not a mapping, unknown keys, bad values.
@@ -871,12 +871,12 @@ def load_config(
 
     Args:
         source: Path of a YAML file, name of a shipped config
-            (:func:`shipped_configs`, e.g. ``"paper_human_dog"``), a dict, or
-            a :class:`TrainConfig` (copied).
-        overrides: ``["key.sub=value", ...]`` or ``{"key.sub": value}`` (:func:`apply_overrides`).
+            ([shipped_configs][dife.train.config.shipped_configs], e.g. ``"paper_human_dog"``), a dict, or
+            a [TrainConfig][dife.train.config.TrainConfig] (copied).
+        overrides: ``["key.sub=value", ...]`` or ``{"key.sub": value}`` ([apply_overrides][dife.train.config.apply_overrides]).
 
     Returns:
-        A new :class:`TrainConfig` (not validated: call :meth:`TrainConfig.validate`).
+        A new [TrainConfig][dife.train.config.TrainConfig] (not validated: call [TrainConfig.validate][dife.train.config.TrainConfig.validate]).
 
     Raises:
         ModelNotFoundError: the file / name does not exist.
@@ -914,7 +914,7 @@ def _fill_data_paths(config: TrainConfig) -> TrainConfig:
     """Replace ``${data}`` / ``${dev_data}`` in every string of ``config`` by the keys' values (env vars expanded).
 
     A key whose value is empty or names an unset environment variable leaves
-    its placeholder in place (reported by :meth:`TrainConfig.validate`).
+    its placeholder in place (reported by [TrainConfig.validate][dife.train.config.TrainConfig.validate]).
     """
     values = {}
     for key in _DATA_KEYS:
@@ -1271,7 +1271,7 @@ def _validate(cfg: TrainConfig, *, check_paths: bool, check_teachers: bool) -> N
         try:
             xkind, xmodel, xstage = parse_dense_teacher(x.name)
         except InputError:
-            xkind, xmodel, xstage = "bad", None, None
+            xkind, _, xstage = "bad", None, None
         if xkind != "timm":
             raise InputError(f"config key '{where}.name' must be 'timm:<model>:<stage>', got {x.name!r}")
         if xstage is not None and xstage < 0:

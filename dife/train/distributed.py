@@ -4,7 +4,7 @@ The trainer runs data-parallel when started by ``torchrun`` /
 ``python -m torch.distributed.run`` (``WORLD_SIZE`` > 1 in the environment):
 the process group is initialised from the environment variables (``env://``),
 NCCL on CUDA and gloo on the CPU, and the student is wrapped in
-:class:`torch.nn.parallel.DistributedDataParallel`. Only rank 0 logs and
+``torch.nn.parallel.DistributedDataParallel``. Only rank 0 logs and
 writes files.
 
 Example:
@@ -33,8 +33,8 @@ class DistContext:
         rank: Global rank (0 when not distributed).
         world_size: Number of processes (1 when not distributed).
         local_rank: Rank on this machine (selects the GPU).
-        initialized_here: Whether :func:`setup` created the process group
-            (so :func:`cleanup` destroys it).
+        initialized_here: Whether [setup][dife.train.distributed.setup] created the process group
+            (so [cleanup][dife.train.distributed.cleanup] destroys it).
     """
 
     rank: int = 0
@@ -78,7 +78,7 @@ def setup(device_type: str) -> DistContext:
         device_type: ``"cuda"`` (NCCL backend, one GPU per local rank) or ``"cpu"`` (gloo).
 
     Returns:
-        The :class:`DistContext` (rank 0 of 1 without ``torchrun``).
+        The [DistContext][dife.train.distributed.DistContext] (rank 0 of 1 without ``torchrun``).
     """
     if dist.is_available() and dist.is_initialized():
         return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), False)
@@ -95,7 +95,7 @@ def setup(device_type: str) -> DistContext:
 
 
 def cleanup(ctx: DistContext) -> None:
-    """Destroy the process group if :func:`setup` created it."""
+    """Destroy the process group if [setup][dife.train.distributed.setup] created it."""
     if ctx.initialized_here and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -140,7 +140,7 @@ def distillation_loss(
     independent of the batch and map size). Maps of different resolutions
     are compared on one grid: by default the **student** is resized to the
     teacher's grid (bilinear, ``align_corners=False``, the pixel-centre
-    convention of :mod:`dife.coords`); ``resize="teacher"`` resizes the
+    convention of [dife.coords][dife.coords]); ``resize="teacher"`` resizes the
     teacher to the student's grid instead.
 
     Args:
@@ -272,7 +272,7 @@ def soft_locations(
         temperature: Softmax temperature ``τ`` (> 0).
         normalize: ``"softmax"`` or ``"cosine"`` (see above).
         chunk_size: Query pixels per chunk; ``None`` picks one so that a
-            chunk holds about :data:`CHUNK_ELEMENTS` similarities.
+            chunk holds about [CHUNK_ELEMENTS][dife.train.losses.CHUNK_ELEMENTS] similarities.
 
     Returns:
         (B, H1, W1, 2) grid coordinates ``(x, y)`` in ``e2``'s pixels.
@@ -521,7 +521,7 @@ def total_loss(
         parts: ``{"k1": L_K1, "k2": L_K2, "m1": L_M1, "m2": L_M2}``, 0-d
             tensors; missing terms are skipped (e.g. the matching losses
             during the warm-up).
-        weights: Weight of each term name; defaults to :data:`DEFAULT_WEIGHTS`
+        weights: Weight of each term name; defaults to [DEFAULT_WEIGHTS][dife.train.losses.DEFAULT_WEIGHTS]
             (the paper's ``1e-2, 1, 1e-2, 1e-2``). Every name in ``parts``
             needs a weight.
 

@@ -100,7 +100,7 @@ def framings_for_face(
         s = math.exp(rng.uniform(math.log(lo), math.log(hi)))
         side = s * w
         for attempt in range(21):
-            dx, dy = (rng.uniform(-shift, shift, size=2) if attempt < 20 else (0.0, 0.0))
+            dx, dy = rng.uniform(-shift, shift, size=2) if attempt < 20 else (0.0, 0.0)
             left, top = cx + dx * side - side / 2, cy + dy * side - side / 2
             if points is None or len(points) == 0:
                 break
@@ -202,8 +202,16 @@ def make_photo_crops(
                 with atomic_write(dst / name, "wb") as fh:
                     fh.write(buf.getvalue())
                 rows.append(
-                    {"image": name, "species": sp, "photo": rec["image"], "face": f_i, "framing": k,
-                     "scale": round(fr.scale, 4), "dx": round(fr.dx, 4), "dy": round(fr.dy, 4)}
+                    {
+                        "image": name,
+                        "species": sp,
+                        "photo": rec["image"],
+                        "face": f_i,
+                        "framing": k,
+                        "scale": round(fr.scale, 4),
+                        "dx": round(fr.dx, 4),
+                        "dy": round(fr.dy, 4),
+                    }
                 )
     if not rows:
         raise InputError(f"no face box of '{src}' passed the filters (min_side={min_side}, max_outside={max_outside})")
@@ -230,8 +238,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         index = make_photo_crops(
-            args.photos, args.out, framings=args.framings, scale=tuple(args.scale), shift=args.shift,
-            size=args.size, min_side=args.min_side, max_outside=args.max_outside, seed=args.seed,
+            args.photos,
+            args.out,
+            framings=args.framings,
+            scale=tuple(args.scale),
+            shift=args.shift,
+            size=args.size,
+            min_side=args.min_side,
+            max_outside=args.max_outside,
+            seed=args.seed,
         )
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

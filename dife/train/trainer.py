@@ -231,12 +231,12 @@ def _grid_rows(rows: list[list[np.ndarray]], side: int, pad: int = 2) -> np.ndar
 
 # =============================================================================== trainer
 class Trainer:
-    """Trains a DIFE model as described by a :class:`~dife.train.config.TrainConfig`.
+    """Trains a DIFE model as described by a [TrainConfig][dife.train.config.TrainConfig].
 
-    Build it, then call :meth:`fit`; or call :func:`train`.
+    Build it, then call [fit][dife.train.trainer.Trainer.fit]; or call [train][dife.train.trainer.train].
 
     Args:
-        config: The config (or anything :func:`~dife.train.config.load_config` takes).
+        config: The config (or anything [load_config][dife.train.config.load_config] takes).
         resume: Continue from ``<output_dir>/last`` (model, optimiser,
             scheduler, random state, step, pseudo pairs).
         overwrite: Start afresh even if ``output_dir`` holds a previous run.
@@ -247,7 +247,7 @@ class Trainer:
 
     Attributes:
         config: The resolved config.
-        model: The student :class:`~dife.modeling.DIFE` (not the DDP wrapper).
+        model: The student [DIFE][dife.modeling.dife.DIFE] (not the DDP wrapper).
         device: Where the student runs.
         step: Number of optimiser steps done.
         best: Lowest validation error so far (``None`` before any validation).
@@ -1145,7 +1145,7 @@ class Trainer:
         """The picture of the last step run with images requested: (H, W, 3) uint8, or ``None``.
 
         One row per species (up to 4 samples: student input, dense-teacher
-        map, student embedding, coloured with :func:`dife.viz.embedding_to_rgb`)
+        map, student embedding, coloured with [dife.viz.embedding_to_rgb][dife.viz.embedding_to_rgb])
         and one row per pseudo-pair key (source view, pair view, their embeddings).
         """
         from dife.viz import embedding_to_rgb
@@ -1298,7 +1298,7 @@ def train(
     """Train a DIFE model; returns the output folder (a ``save_pretrained`` folder).
 
     Args:
-        config: A :class:`~dife.train.config.TrainConfig`, a YAML path, a
+        config: A [TrainConfig][dife.train.config.TrainConfig], a YAML path, a
             shipped config name (``"paper_human_dog"``) or a dict.
         resume: Continue from ``<output_dir>/last`` exactly where it stopped
             (``steps`` may be raised to train longer).
@@ -1310,7 +1310,7 @@ def train(
         ``output_dir``; ``DIFE.from_pretrained(output_dir)`` loads the result.
 
     Raises:
-        InputError, ModelNotFoundError, UnknownDomainError: see :class:`Trainer`.
+        InputError, ModelNotFoundError, UnknownDomainError: see [Trainer][dife.train.trainer.Trainer].
     """
     cfg = load_config(config, overrides or None)
     return Trainer(cfg, resume=resume, overwrite=overwrite).fit()

@@ -128,7 +128,7 @@ def read_annotations(folder: str | os.PathLike[str]) -> list[Annotation]:
         folder: The folder (images + ``annotations.json``).
 
     Returns:
-        One :class:`Annotation` per record, in file order.
+        One [Annotation][dife.train.validate.Annotation] per record, in file order.
 
     Raises:
         ModelNotFoundError: the folder or its ``annotations.json`` does not exist.

@@ -109,10 +109,12 @@ def test_mined_faces_become_ignored_regions():
             from dife.modeling.face_detector import RawDetection
 
             p = torch.full((6,), 1 / 6)
-            return [[
-                RawDetection((8.0, 8.0, 24.0, 24.0), 0.9, 0, p, torch.zeros(5, 2)),  # the labelled face (x2)
-                RawDetection((40.0, 40.0, 56.0, 56.0), 0.8, 1, p, torch.zeros(5, 2)),  # nobody's
-            ]]
+            return [
+                [
+                    RawDetection((8.0, 8.0, 24.0, 24.0), 0.9, 0, p, torch.zeros(5, 2)),  # the labelled face (x2)
+                    RawDetection((40.0, 40.0, 56.0, 56.0), 0.8, 1, p, torch.zeros(5, 2)),  # nobody's
+                ]
+            ]
 
     photo = PhotoRecord(None, 128, 100, (_face((16.0, 16.0, 48.0, 48.0), "human"),))  # type: ignore[arg-type]
     (out,), n = mine_unlabelled_faces(Head(), Cache(), [photo])  # type: ignore[arg-type]
@@ -153,7 +155,12 @@ def _tiny_photos(root, n=6, size=96):
                 "keypoints": kps,
                 "face_box": [x0, y0, x0 + s, y0 + s],
                 "faces": [
-                    {"species": "dog" if k % 2 else "cat", "face": [x0, y0, x0 + s, y0 + s], "keypoints": kps, "body": None}
+                    {
+                        "species": "dog" if k % 2 else "cat",
+                        "face": [x0, y0, x0 + s, y0 + s],
+                        "keypoints": kps,
+                        "body": None,
+                    }
                 ],
             }
         )

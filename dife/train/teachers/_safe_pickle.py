@@ -26,9 +26,9 @@ The reference loader ``exec``-utes ``module_src``. This one never does: it
 rebuilds tensors (through ``torch.load(weights_only=True)`` for the storage
 bytes) and numpy arrays / scalars of plain dtypes, and replaces every object
 of NVIDIA's packages (``torch_utils``, ``dnnlib``, ``training``, ``metrics``)
-by an inert :class:`PersistentObject` / :class:`StandIn` that only records its
+by an inert ``PersistentObject`` / ``StandIn`` that only records its
 state. Any other global (``os.system``, ``builtins.eval``, ``subprocess.*``...)
-is refused with :class:`~dife.errors.CheckpointError` before it can be called.
+is refused with [CheckpointError][dife.errors.CheckpointError] before it can be called.
 
 The unpickler is also bounded, so that a small hostile file cannot make it
 allocate much more memory than the file's own size, nor change objects of the
@@ -477,7 +477,7 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
 
 
 def loads_pickle(data: bytes) -> Any:
-    """Safely unpickle ``data`` (see :class:`SafeUnpickler`).
+    """Safely unpickle ``data`` (see ``SafeUnpickler``).
 
     Raises:
         CheckpointError: Refused global, or corrupt pickle.
@@ -486,7 +486,7 @@ def loads_pickle(data: bytes) -> Any:
 
 
 def load_pickle(path: str | os.PathLike[str]) -> Any:
-    """Safely unpickle the file at ``path`` (see :class:`SafeUnpickler`).
+    """Safely unpickle the file at ``path`` (see ``SafeUnpickler``).
 
     Raises:
         CheckpointError: Refused global, or corrupt / truncated pickle.
@@ -520,7 +520,7 @@ def module_state_dict(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
     """Flat ``state_dict()`` of a pickled ``nn.Module`` stand-in (parameters and persistent buffers).
 
     Args:
-        obj: :class:`PersistentObject` / :class:`StandIn` of an ``nn.Module``.
+        obj: ``PersistentObject`` / ``StandIn`` of an ``nn.Module``.
         prefix: Prefix of every key (used in the recursion).
 
     Returns:

@@ -1,6 +1,6 @@
 """Key mapping from the two published StyleGAN2 checkpoint layouts.
 
-The project's generator (:mod:`dife.train.teachers.stylegan2`) names its
+The project's generator ([dife.train.teachers.stylegan2][dife.train.teachers.stylegan2]) names its
 tensors like NVIDIA's StyleGAN2-ADA (``mapping.fc{i}``, ``mapping.w_avg``,
 ``synthesis.b{res}.{conv0,conv1,torgb}``), so an ADA state dict maps onto it
 one to one. A ``stylegan2-pytorch`` (rosinality) ``g_ema`` state dict is

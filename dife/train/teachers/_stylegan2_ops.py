@@ -4,14 +4,14 @@ These are the few non-standard operations StyleGAN2 is built from, written
 with ``torch.nn.functional`` only (no compiled extension), in float32, so that
 they run unchanged on the CPU, on a GPU and on the ``meta`` device:
 
-* :func:`upfirdn2d`: upsample by zero insertion, pad, apply a 2-D FIR filter
+* ``upfirdn2d``: upsample by zero insertion, pad, apply a 2-D FIR filter
   (a true convolution: the filter is flipped), downsample by striding.
-* :func:`bias_act`: bias, leaky ReLU (slope 0.2) with its ``sqrt(2)`` gain,
+* ``bias_act``: bias, leaky ReLU (slope 0.2) with its ``sqrt(2)`` gain,
   optional symmetric clamp.
-* :func:`modulated_conv2d`: the style-modulated, optionally demodulated
+* ``modulated_conv2d``: the style-modulated, optionally demodulated
   convolution, evaluated as one grouped convolution over the batch, with the
   x2 transposed-convolution + FIR-blur upsampling path.
-* :func:`normalize_2nd_moment`: the pixel norm applied to ``z``.
+* ``normalize_2nd_moment``: the pixel norm applied to ``z``.
 """
 
 from __future__ import annotations

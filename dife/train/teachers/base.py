@@ -4,12 +4,12 @@ DIFE uses a pretrained generator per species in three ways: it samples
 training images (z -> w with truncation 0.7 about the mean latent w̄ -> image),
 distils one intermediate feature map (``L_K2``, "layer 7"), and optimises a
 latent w so that the generator's feature map matches a converted embedding
-(pseudo pairs, regularised towards w̄). :class:`GeneratorTeacher` is that
-contract; :class:`dife.train.teachers.StyleGAN2` implements it.
+(pseudo pairs, regularised towards w̄). [GeneratorTeacher][dife.train.teachers.base.GeneratorTeacher] is that
+contract; [dife.train.teachers.StyleGAN2][dife.train.teachers.stylegan2.StyleGAN2] implements it.
 
 A dense teacher (``L_K1``) maps an image to a per-pixel embedding:
-:class:`DenseTeacher`, implemented by :class:`dife.train.teachers.CSETeacher`
-(DensePose CSE) and :class:`dife.train.teachers.TimmTeacher` (any timm
+[DenseTeacher][dife.train.teachers.base.DenseTeacher], implemented by [dife.train.teachers.CSETeacher][dife.train.teachers.cse.CSETeacher]
+(DensePose CSE) and [dife.train.teachers.TimmTeacher][dife.train.teachers.timm_teacher.TimmTeacher] (any timm
 backbone stage). Every teacher takes ``(B, 3, H, W)`` float RGB in [-1, 1] (the
 range of DIFE's input and of StyleGAN2's output) and does its own
 normalisation.
@@ -37,7 +37,7 @@ class GeneratorTeacher(Protocol):
         w_dim: Size of the intermediate latent w.
         num_ws: Number of per-layer w vectors the synthesis consumes.
         resolution: Output image side in pixels.
-        feature_layers: Layer numbers accepted by :meth:`features`.
+        feature_layers: Layer numbers accepted by [features][dife.train.teachers.base.GeneratorTeacher.features].
         w_avg: ``(w_dim,)`` mean latent w̄ (truncation centre).
     """
 

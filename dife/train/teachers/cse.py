@@ -632,7 +632,7 @@ def roi_align(
     Args:
         features: (B, C, h, w) feature map.
         boxes: (B, 4) boxes ``(x0, y0, x1, y1)`` in input-image edge
-            coordinates (:mod:`dife.coords`), one per batch item.
+            coordinates ([dife.coords][dife.coords]), one per batch item.
         output_size: Side ``R`` of the pooled map.
         spatial_scale: Feature pixels per image pixel (1/4 for p2).
         sampling_ratio: Samples per bin and axis (> 0).
@@ -746,7 +746,7 @@ class CSETeacher(nn.Module):
 
         Returns:
             (B, embed_dim, S, S) raw embedding, ``S = output_size`` (112),
-            on a grid spanning the whole image (resize with :meth:`resize_to`).
+            on a grid spanning the whole image (resize with [resize_to][dife.train.teachers.cse.CSETeacher.resize_to]).
 
         Raises:
             ShapeError: images not (B, 3, H, W) floats, or non-finite.
@@ -779,7 +779,7 @@ class CSETeacher(nn.Module):
         detectron2's resizing of DensePose outputs to the box.
 
         Args:
-            embedding: (B, C, h, w) output of :meth:`forward`.
+            embedding: (B, C, h, w) output of [forward][dife.train.teachers.cse.CSETeacher.forward].
             size: Target ``(H, W)`` or side.
 
         Returns:
@@ -810,10 +810,10 @@ class CSETeacher(nn.Module):
             path: Model zoo ``.pkl`` (e.g. ``model_final_421d28.pkl``) or a
                 ``.pth`` written by detectron2's checkpointer.
             config: Architecture; default: read from the tensor shapes and key
-                names (:func:`config_from_state_dict`), the preprocessing fields
+                names ([config_from_state_dict][dife.train.teachers.cse.config_from_state_dict]), the preprocessing fields
                 keep their detectron2 defaults.
             map_location: Device of the returned module.
-            **overrides: Fields of :class:`CSEConfig` to change on the
+            **overrides: Fields of [CSEConfig][dife.train.teachers.cse.CSEConfig] to change on the
                 inferred config (e.g. ``input_size=512``).
 
         Returns:
@@ -841,7 +841,7 @@ class CSETeacher(nn.Module):
         """Strictly copy detectron2-named weights into this module.
 
         Every key of this module must be present with its exact shape; keys
-        under :data:`IGNORED_PREFIXES` are skipped; any other key is an error.
+        under [IGNORED_PREFIXES][dife.train.teachers.cse.IGNORED_PREFIXES] are skipped; any other key is an error.
 
         Raises:
             CheckpointError: naming the first missing / unexpected key or shape mismatch.

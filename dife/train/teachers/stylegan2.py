@@ -9,7 +9,7 @@ without the original code bases or their compiled CUDA ops:
   "latent_avg": w̄, ...}`` or a bare ``g_ema`` state dict;
 * NVIDIA StyleGAN2-ADA: a state dict of ``G_ema`` (``{"G_ema": state_dict}``
   or the bare state dict), or the original network ``.pkl``, read by a
-  restricted unpickler (:mod:`dife.train.teachers._safe_pickle`) that never
+  restricted unpickler (``dife.train.teachers._safe_pickle``) that never
   imports or runs the code stored in it.
 
 Widths, resolution, ``w_dim`` / ``z_dim`` and the number of mapping layers
@@ -297,7 +297,7 @@ class SynthesisNetwork(nn.Module):
     """w -> image with the 'skip' toRGB architecture; exposes block outputs.
 
     Calling it: ``synthesis(w, noise_mode="const", return_features=False,
-    layers=None, generator=None)``, see :meth:`forward`.
+    layers=None, generator=None)``, see [forward][dife.train.teachers.stylegan2.SynthesisNetwork.forward].
     """
 
     def __init__(self, config: StyleGAN2Config) -> None:
@@ -353,7 +353,7 @@ class SynthesisNetwork(nn.Module):
             noise_mode: ``"const"`` (the checkpoint's stored noise, deterministic),
                 ``"random"`` (fresh Gaussian noise) or ``"none"``.
             return_features: Also return ``{layer: (B, C, R, R) block output}``.
-            layers: Layers to return (default all of :attr:`layers`).
+            layers: Layers to return (default all of [layers][dife.train.teachers.stylegan2.SynthesisNetwork.layers]).
             generator: Random generator for ``noise_mode="random"``.
 
         Returns:
@@ -386,7 +386,7 @@ class SynthesisNetwork(nn.Module):
     ) -> dict[int, torch.Tensor]:
         """Block outputs of ``layers`` only, stopping after the last one (no image, no toRGB).
 
-        Args and shapes as in :meth:`forward`. Returns ``{layer: (B, C, R, R)}``.
+        Args and shapes as in [forward][dife.train.teachers.stylegan2.SynthesisNetwork.forward]. Returns ``{layer: (B, C, R, R)}``.
         """
         ws = self._check_ws(w)
         if noise_mode not in _NOISE_MODES:
@@ -416,12 +416,12 @@ class StyleGAN2(nn.Module):
 
     Parameters never require grad and the module stays in eval mode, but
     every output is differentiable with respect to ``w`` (for latent
-    optimisation). Build it with :meth:`load` (or :meth:`from_checkpoint`).
+    optimisation). Build it with [load][dife.train.teachers.stylegan2.StyleGAN2.load] (or [from_checkpoint][dife.train.teachers.stylegan2.StyleGAN2.from_checkpoint]).
 
     Attributes:
         config: The architecture.
-        mapping: :class:`MappingNetwork`; ``g.mapping(z, truncation=0.7)`` -> ``(B, w_dim)``.
-        synthesis: :class:`SynthesisNetwork`; ``g.synthesis(w, noise_mode="const",
+        mapping: [MappingNetwork][dife.train.teachers.stylegan2.MappingNetwork]; ``g.mapping(z, truncation=0.7)`` -> ``(B, w_dim)``.
+        synthesis: [SynthesisNetwork][dife.train.teachers.stylegan2.SynthesisNetwork]; ``g.synthesis(w, noise_mode="const",
             return_features=True)`` -> ``(image, {layer: map})``.
         layout: Layout of the source checkpoint (``"rosinality"`` / ``"ada"``).
         w_avg_source: ``"checkpoint"`` or ``"estimated"`` (mean of 4096 mapped
@@ -549,7 +549,7 @@ class StyleGAN2(nn.Module):
     def from_converted(
         cls, ckpt: ConvertedCheckpoint, conv_clamp: float | None = None, device: torch.device | str | None = None
     ) -> StyleGAN2:
-        """Build and fill a generator from a :class:`ConvertedCheckpoint`."""
+        """Build and fill a generator from a ``ConvertedCheckpoint``."""
         config = StyleGAN2Config(
             resolution=ckpt.resolution,
             z_dim=ckpt.z_dim,
@@ -596,7 +596,7 @@ class StyleGAN2(nn.Module):
     def from_checkpoint(
         cls, obj: Any, conv_clamp: float | str | None = "auto", device: torch.device | str | None = None
     ) -> StyleGAN2:
-        """Build from an already loaded checkpoint object (see :meth:`load` for the accepted forms)."""
+        """Build from an already loaded checkpoint object (see [load][dife.train.teachers.stylegan2.StyleGAN2.load] for the accepted forms)."""
         sd, latent_avg, clamp_found = _unwrap(obj)
         layout = detect_layout(sd)
         if layout == "rosinality":

@@ -12,7 +12,7 @@ ResNet: 0 = stem activation at stride 2, 1..4 = ``layer1..4`` at strides
 4..32).
 
 **Input convention of dense teachers** (shared with
-:class:`~dife.train.teachers.cse.CSETeacher`): images are ``(B, 3, H, W)``
+[CSETeacher][dife.train.teachers.cse.CSETeacher]): images are ``(B, 3, H, W)``
 float RGB in ``[-1, 1]`` -- the DIFE encoder's input and the StyleGAN2 output
 range. This teacher maps them to ``[0, 1]`` and normalises with the model's
 ``pretrained_cfg`` mean / std (ImageNet's when the model has none).
@@ -31,7 +31,7 @@ range. This teacher maps them to ``[0, 1]`` and normalises with the model's
 * neither: random initialisation (tests).
 
 timm is an optional dependency (``pip install "dife[train]"``); it is
-imported only when a :class:`TimmTeacher` is built, so ``import dife.train``
+imported only when a [TimmTeacher][dife.train.teachers.timm_teacher.TimmTeacher] is built, so ``import dife.train``
 does not import it.
 """
 
@@ -133,7 +133,7 @@ class TimmTeacher(nn.Module):
         mean, std: Normalisation applied to [0, 1] RGB.
 
     Raises:
-        TimmNotInstalledError: timm is missing (a :class:`~dife.errors.DIFEError`).
+        TimmNotInstalledError: timm is missing (a [DIFEError][dife.errors.DIFEError]).
         ModelNotFoundError: unknown architecture, missing weights file, or a
             failed download.
         InputError: bad ``stage`` / options.
@@ -271,10 +271,10 @@ class TimmTeacher(nn.Module):
         """Resample a (B, C, h, w) feature map to another grid over the same image.
 
         Bilinear, ``align_corners=False`` (the pixel-centre convention of
-        :mod:`dife.coords`).
+        [dife.coords][dife.coords]).
 
         Args:
-            features: (B, C, h, w) output of :meth:`forward`.
+            features: (B, C, h, w) output of [forward][dife.train.teachers.timm_teacher.TimmTeacher.forward].
             size: Target ``(H, W)`` or side.
 
         Returns:
