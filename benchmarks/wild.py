@@ -129,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("wild", help="folder in the wild layout (whole photos with face_box)")
+    ap.add_argument("wild", nargs="?", help="folder in the wild layout (whole photos with face_box)")
     ap.add_argument(
         "--faces", default=None, help="folder of the matching face crops (adds the aligned / jittered rows)"
     )
@@ -145,7 +145,33 @@ def _parser() -> argparse.ArgumentParser:
         "--with-pairs", action="store_true", help="keep every pair's points and each photo's face in the JSON"
     )
     ap.add_argument("--no-figure", action="store_true", help="do not write the figure (it shows the data set's photos)")
+    ap.add_argument(
+        "--chart-from",
+        metavar="JSON",
+        help="only redraw <out>/<name>_chart.png (the error bar chart) from a report this script wrote",
+    )
     return ap
+
+
+def error_chart(report: Mapping[str, Any]) -> Any:
+    """Bar chart (PIL image) of the mean 70-px errors of a report written by this script: no photos in it.
+
+    One panel for the wild protocol (whole photos) and, when the report has
+    them, one per face-crop protocol; bars: the methods, whiskers: 95 % intervals.
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dife_bench_accuracy", Path(__file__).with_name("accuracy.py"))
+    assert spec is not None and spec.loader is not None
+    acc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(acc)
+    data = dict(acc.chart_data(report["wild"]))
+    if report.get("faces"):
+        data.update(acc.chart_data(report["faces"]))
+    return acc.bar_chart(
+        data,
+        title="Keypoint transfer on whole photos (wild) and on face crops, no box given: mean error (lower is better)",
+    )
 
 
 def _fail(msg: str) -> None:
@@ -158,6 +184,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     command = "python benchmarks/wild.py" + (" " + shlex.join(argv) if argv else "")
+    if args.chart_from:
+        from dife._io import atomic_path
+
+        try:
+            report = json.loads(Path(args.chart_from).read_text())
+        except (OSError, ValueError) as e:
+            _fail(f"--chart-from {args.chart_from}: {e}")
+        if not isinstance(report, dict) or "wild" not in report:
+            _fail(f"--chart-from {args.chart_from}: not a report of this script")
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        with atomic_path(Path(args.out) / f"{args.name}_chart.png") as tmp:
+            error_chart(report).save(tmp, format="PNG", optimize=True)
+        return report
+    if args.wild is None:
+        _fail("the wild folder is required (or --chart-from JSON)")
     for label, path in (("wild folder", args.wild), ("--faces", args.faces)):
         if path is not None and not Path(path).is_dir():
             _fail(f"{label} {path} not found")
@@ -305,8 +346,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if rows and not args.no_figure:
         with atomic_path(out / f"{args.name}.png") as tmp:
             pair_figure(rows, side=240).save(tmp, format="PNG", optimize=True)
+    with atomic_path(out / f"{args.name}_chart.png") as tmp:
+        error_chart(report).save(tmp, format="PNG", optimize=True)
     print(text)
-    log(f"wrote {out / args.name}.json, .md{'' if args.no_figure else ', .png'} ({seconds:.0f} s)")
+    log(f"wrote {out / args.name}.json, .md, _chart.png{'' if args.no_figure else ', .png'} ({seconds:.0f} s)")
     return report
 
 

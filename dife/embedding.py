@@ -315,8 +315,13 @@ def _prepare(
     detector: Any = None,
     face_points: Sequence[Any] | None = None,
     names: Sequence[str] | None = None,
+    box_names: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, list[CropTransform], list[Detection | None]]:
-    """[prepare][dife.embedding.prepare] that also returns the detection used for each image."""
+    """[prepare][dife.embedding.prepare] that also returns the detection used for each image.
+
+    ``names`` / ``box_names`` name each image and its box in error messages
+    (default: ``image`` / ``box`` for one image, ``images[i]`` / ``boxes[i]``).
+    """
     images = list(images)
     if not images:
         raise InputError("prepare needs at least one image")
@@ -335,6 +340,8 @@ def _prepare(
     for i, (img, box) in enumerate(zip(images, chosen, strict=True)):
         if box_list[i] is None or isinstance(box_list[i], str):
             what = names[i]
+        elif box_names is not None:
+            what = box_names[i]
         else:
             what = "box" if single else f"boxes[{i}]"
         crop, t = _crop_one(img, box, int(config.input_size), device, what)
@@ -694,7 +701,14 @@ def embed(
                     img = load_image(sources[j], what=name)
                     # one image at a time: at most one full-resolution image alive
                     x1, t1, f1 = _prepare(
-                        [img], [boxes[j]], config, device=dev, detector=detector, face_points=[points[j]], names=[name]
+                        [img],
+                        [boxes[j]],
+                        config,
+                        device=dev,
+                        detector=detector,
+                        face_points=[points[j]],
+                        names=[name],
+                        box_names=[f"boxes[{j}]" if batched else "box"],
                     )
                     del img
                     crops.append(x1[0])

@@ -110,6 +110,8 @@ def test_speed_quick_writes_the_device_the_rows_and_the_ratios(speed, tiny_folde
         "one_to_many_separate",
         "one_to_many_list",
         "one_to_many_predictor",
+        "detect_640",
+        "transfer_photos_5",
     ]
     refs = {
         "conv3x3": None,
@@ -149,6 +151,7 @@ def test_speed_quick_writes_the_device_the_rows_and_the_ratios(speed, tiny_folde
     # the bar of the issue, computed from these rows
     assert [c["what"].split(",")[0] for c in on_disk["checks"]] == [
         "latency at batch 1",
+        "`detect_640` ms (face finder",
         "`transfer_dense` ms",
         "`transfer_dense_field` ms",
     ]
@@ -288,10 +291,11 @@ def test_a_real_trainer_step_is_timed(speed, tiny_folder, keep_threads) -> None:
 
 
 def test_default_model_falls_back_to_untrained_when_dife_base_is_missing(speed, monkeypatch, tmp_path) -> None:
-    from dife import registry
+    from dife import defaults, registry
     from dife.errors import ModelNotFoundError
 
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "no-weights")  # hide the packaged dife-base
+    monkeypatch.setattr(defaults, "_by_name", {})  # and forget it if an earlier test loaded it
     calls = []
 
     import dife
@@ -403,9 +407,10 @@ def test_accuracy_stops_on_a_method_it_cannot_build(accuracy, tmp_path, capsys) 
 
 
 def test_accuracy_says_when_dife_base_is_missing(accuracy, tmp_path, capsys, monkeypatch) -> None:
-    from dife import registry
+    from dife import defaults, registry
 
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "no-weights")  # hide the packaged dife-base
+    monkeypatch.setattr(defaults, "_by_name", {})  # and forget it if an earlier test loaded it
     data = _faces(tmp_path / "faces")
     with pytest.raises(SystemExit):
         accuracy.main(["--data", str(data), "--out", str(tmp_path / "res")])  # default methods: dife-base first

@@ -10,6 +10,8 @@ What goes in, in this order (each file only if present):
 * ``accuracy_dev.md`` and its chart ``accuracy_dev.png`` (copied to
   ``docs/images/accuracy_dev.png`` so that mkdocs finds it);
 * ``baselines_dev.md``;
+* ``wild_dev.md`` (faces in whole photos: the face finder and transfer with no box) and its
+  chart ``wild_dev_chart.png`` (copied to ``docs/images/`` too);
 * every ``speed_*.md`` (not the ``*_quick.md`` smoke tests);
 * every ``experiments_*.md``.
 
@@ -32,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "python tools/make_benchmarks_page.py"
 CHART = "accuracy_dev.png"
+WILD_CHART = "wild_dev_chart.png"
 
 __all__ = ["demote", "delink", "build_page", "main"]
 
@@ -97,6 +100,7 @@ def build_page(results: Path, image_link: str | None) -> tuple[str, list[str]]:
         "",
         "```bash",
         "python benchmarks/accuracy.py      # accuracy_dev.{md,json,png}: dife-base vs the baselines (minutes)",
+        "python benchmarks/wild.py WILD_DIR --faces FACES_DIR --no-figure  # wild_dev.{md,json}: whole photos (about 25 min)",
         "python benchmarks/speed.py         # speed_cpu.{md,json} (and speed_cuda.* on a GPU machine)",
         COMMAND,
         "```",
@@ -125,6 +129,18 @@ def build_page(results: Path, image_link: str | None) -> tuple[str, list[str]]:
     if base.is_file():
         parts += [_section(base), ""]
         used.append(base.name)
+    wild = results / "wild_dev.md"
+    if wild.is_file():
+        section = _section(wild)
+        if (results / WILD_CHART).is_file():
+            title, _, rest = section.partition("\n")
+            chart = (
+                f"![mean 70-px error per species group with no box: whole photos and face crops](images/{WILD_CHART})"
+            )
+            section = f"{title}\n\n{chart}\n{rest}"
+            used.append(WILD_CHART)
+        parts += [section, ""]
+        used.append(wild.name)
     speeds = sorted(p for p in results.glob("speed_*.md") if not p.stem.endswith("_quick"))
     if speeds:
         parts += ["## Speed", ""]
@@ -168,6 +184,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
     else:
         dest.unlink(missing_ok=True)  # no stale chart of an older run
         link = None
+    wild_chart, wild_dest = results / WILD_CHART, docs / "images" / WILD_CHART
+    if wild_chart.is_file():
+        from dife._io import atomic_path
+
+        with atomic_path(wild_dest) as tmp:
+            shutil.copyfile(wild_chart, tmp)
+    else:
+        wild_dest.unlink(missing_ok=True)
     text, used = build_page(results, link)
     page = docs / "benchmarks.md"
     _atomic_text(page, text)

@@ -84,6 +84,8 @@ Data (training only; no development or evaluation photo is in it):
   species): the finder may miss small background faces, and a crowd's faces are not all reported.
 - Faces much smaller than about 8 % of the photo's longer side (25 px in a 320-px view) are hard.
 - Profiles and heads turned away: there is no frontal face to frame; such faces are often missed.
+- Livestock species are the weakest: cows (the fewest training photos) are often called horses or
+  sheep; the face is still found and framed, and dife's embedding is shared across species.
 - Measured on the development photos, which also chose the training step: slightly optimistic.
 """
 

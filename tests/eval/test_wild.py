@@ -87,7 +87,8 @@ def test_identity_framings_are_exact_copies_of_relative_positions():
         IdentityMethod("box")
 
 
-def test_framings_of_dife_models(wild_dir, tiny_model, square_finder):
+def test_framings_of_dife_models(wild_dir, photo_model, square_finder):
+    tiny_model = photo_model
     from dife.transfer import transfer_keypoints
 
     faces = [s.load() for s in read_dataset(wild_dir)[:4]]

@@ -40,15 +40,21 @@ def _faces_from(wild: Path, root: Path, size: int = 64) -> Path:
     return root
 
 
-def test_wild_benchmark_end_to_end(bench, wild_dir, tmp_path, tiny_model, default_finder, capsys):
+def test_wild_benchmark_end_to_end(bench, wild_dir, tmp_path, photo_model, default_finder, capsys):
+    tiny_model = photo_model
     model_dir = tiny_model.save_pretrained(tmp_path / "model")
     faces = _faces_from(wild_dir, tmp_path / "faces")
     out = tmp_path / "out"
     argv = [str(wild_dir), "--faces", str(faces), "--model", str(model_dir), "--pairs", "1", "--bootstrap", "10"]
     report = bench.main([*argv, "--out", str(out), "--with-pairs"])
     printed = capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {"wild_dev.json", "wild_dev.md", "wild_dev.png"}
+    assert {p.name for p in out.iterdir()} == {"wild_dev.json", "wild_dev.md", "wild_dev.png", "wild_dev_chart.png"}
     assert json.loads((out / "wild_dev.json").read_text()) == report
+    # the chart (no photos in it) can be redrawn from the JSON alone
+    chart = (out / "wild_dev_chart.png").read_bytes()
+    (out / "wild_dev_chart.png").unlink()
+    bench.main(["--chart-from", str(out / "wild_dev.json"), "--out", str(out)])
+    assert (out / "wild_dev_chart.png").read_bytes() == chart
     b = report["benchmark"]
     assert b["command"].startswith("python benchmarks/wild.py ") and b["detector"] == "dife-face-finder"
     # the square finder finds every painted face with its species
@@ -86,12 +92,12 @@ def test_wild_benchmark_end_to_end(bench, wild_dir, tmp_path, tiny_model, defaul
     assert "## Face finding" in text and "## Protocol: wild" in text and "## Crop protocol: jittered" in text
     with Image.open(out / "wild_dev.png") as im:
         assert im.size == (2 * 240 + 6, 5 * (240 + 14 + 4))
-    # without the figure (it shows the data set's photos)
+    # without the figure (it shows the data set's photos); the chart has no photos and stays
     bench.main(
         [str(wild_dir), "--model", str(model_dir), "--pairs", "1", "--bootstrap", "0", "--no-figure"]
         + ["--out", str(tmp_path / "nofig")]
     )
-    assert {p.name for p in (tmp_path / "nofig").iterdir()} == {"wild_dev.json", "wild_dev.md"}
+    assert {p.name for p in (tmp_path / "nofig").iterdir()} == {"wild_dev.json", "wild_dev.md", "wild_dev_chart.png"}
     assert "no figure" in (tmp_path / "nofig" / "wild_dev.md").read_text()
 
 
