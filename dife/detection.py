@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dife.checks import check_int
+from dife.checks import check_device, check_int, check_number, check_positive_int
 from dife.coords import CropTransform
 from dife.errors import CheckpointError, InputError, ModelNotFoundError, UnknownDomainError
 from dife.images import load_image, split_images
@@ -210,10 +210,9 @@ def load_detector(
 
 
 def _device(device: Any) -> torch.device:
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise InputError(f"invalid device {device!r}: {e}") from None
+    dev = check_device(device, allow_none=False)
+    assert dev is not None
+    return dev
 
 
 def get_default_detector() -> FaceDetector:
@@ -255,11 +254,7 @@ def _species_mask(det: FaceDetector, species: Any) -> torch.Tensor | None:
 
 
 def _check_score(min_score: Any) -> float | None:
-    if min_score is None:
-        return None
-    if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not 0.0 <= float(min_score) <= 1.0:
-        raise InputError(f"min_score must be a number in [0, 1], got {min_score!r}")
-    return float(min_score)
+    return check_number(min_score, "min_score", minimum=0.0, maximum=1.0, allow_none=True)
 
 
 #: A refinement pass looks at a square of this many face-box sides around each face.
@@ -451,8 +446,7 @@ def detect_faces(
 
         det = copy.deepcopy(det).to(_device(device))
     ms = _check_score(min_score)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive_int(batch_size, "batch_size")
     _species_mask(det, species)
     rf = None if refine is None else check_int(refine, "refine", minimum=0)
     sources, batched = split_images(images)

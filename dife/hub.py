@@ -57,7 +57,7 @@ import torch
 
 import dife
 from dife._io import atomic_path, atomic_write
-from dife.checks import check_finite_tensors
+from dife.checks import check_device, check_finite_tensors
 from dife.config import DIFEConfig
 from dife.errors import CheckpointError, DIFEError, InputError, ModelNotFoundError
 from dife.official import official_key, read_official
@@ -471,12 +471,7 @@ def save_pretrained(model: DIFE, directory: str | os.PathLike[str], **card: Any)
 
 # --------------------------------------------------------------------------- load
 def _device(device: str | torch.device | None) -> torch.device | None:
-    if device is None:
-        return None
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise InputError(f"invalid device {device!r}: {e}") from None
+    return check_device(device)
 
 
 def _load_folder_files(cls: type[M], config_path: Path, weights_path: Path, card_path: Path | None) -> M:

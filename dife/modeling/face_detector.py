@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dife.checks import check_int, check_number, is_int, is_number
 from dife.errors import CheckpointError, ShapeError
 from dife.modeling.lite0 import LITE0_STAGES, Lite0Features
 
@@ -110,31 +111,29 @@ class FaceDetectorConfig:
             "refine": (0, 4),
         }
         for name, (lo, hi) in ints.items():
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                fail(f"{name} must be an integer in {lo}..{hi}, got {v!r}")
+            check_int(
+                getattr(self, name), f"face detector config: {name}", minimum=lo, maximum=hi, error=CheckpointError
+            )
         if self.input_size % 32:
             fail(f"input_size must be a multiple of 32, got {self.input_size}")
         fs = tuple(self.feature_stages)
-        if not fs or any(isinstance(s, bool) or not isinstance(s, int) for s in fs) or list(fs) != sorted(set(fs)):
+        if not fs or not all(is_int(s) for s in fs) or list(fs) != sorted(set(fs)):
             fail(f"feature_stages must be increasing stage indices, got {fs!r}")
         if fs[0] < 1 or fs[-1] >= self.backbone_stages:
             fail(f"feature_stages must lie in 1..backbone_stages - 1 = {self.backbone_stages - 1}, got {fs!r}")
         self.feature_stages = fs
         for name in ("mean", "std"):
             v = getattr(self, name)
-            if len(v) != 3 or not all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v
-            ):
+            if len(v) != 3 or not all(is_number(x) and math.isfinite(x) for x in v):
                 fail(f"{name} must be 3 finite numbers, got {v!r}")
             setattr(self, name, tuple(float(x) for x in v))
         if min(self.std) <= 0:
             fail(f"std must be > 0, got {self.std!r}")
         for name in ("min_score", "nms_iou"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                fail(f"{name} must be a number in [0, 1], got {v!r}")
-            setattr(self, name, float(v))
+            v = check_number(
+                getattr(self, name), f"face detector config: {name}", minimum=0.0, maximum=1.0, error=CheckpointError
+            )
+            setattr(self, name, v)
         if not isinstance(self.extra, dict):
             fail(f"extra must be an object, got {type(self.extra).__name__}")
 

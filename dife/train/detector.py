@@ -62,6 +62,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dife.checks import check_int, check_number, check_positive_int
 from dife.coords import CropTransform
 from dife.embedding import resample_crop
 from dife.errors import InputError, ModelNotFoundError
@@ -173,20 +174,14 @@ class DetectorTrainConfig:
             v = getattr(self, key)
             if v and not (Path(v) / "annotations.json").is_file():
                 raise InputError(f"{key}={v!r}: no annotations.json in that folder")
-        if isinstance(self.mine_steps, bool) or not isinstance(self.mine_steps, int) or self.mine_steps < 0:
-            raise InputError(f"mine_steps must be an integer >= 0, got {self.mine_steps!r}")
-        if not isinstance(self.mine_score, (int, float)) or not 0.0 < float(self.mine_score) <= 1.0:
-            raise InputError(f"mine_score must be a number in (0, 1], got {self.mine_score!r}")
+        check_int(self.mine_steps, "mine_steps", minimum=0)
+        check_number(self.mine_score, "mine_score", maximum=1.0, positive=True)
         for key in ("views_per_photo", "input_size", "neck_dim", "head_dim", "steps", "batch_size", "val_every"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"{key} must be a positive integer, got {v!r}")
+            check_positive_int(getattr(self, key), key)
         if self.input_size % 32:
             raise InputError(f"input_size must be a multiple of 32, got {self.input_size}")
         for key in ("lr", "weight_decay", "min_face", "w_heat", "w_species", "w_box", "w_keypoints"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise InputError(f"{key} must be a finite number >= 0, got {v!r}")
+            check_number(getattr(self, key), key, minimum=0.0)
         return self
 
     def detector_config(self, extra: Mapping[str, Any] | None = None) -> FaceDetectorConfig:
