@@ -45,6 +45,7 @@ __all__ = [
     "grid_to_normalized",
     "normalized_to_grid",
     "check_points_inside",
+    "box_iou",
 ]
 
 ArrayT = TypeVar("ArrayT")
@@ -191,3 +192,16 @@ def check_points_inside(points: np.ndarray, width: int, height: int, *, what: st
             f"(valid: -0.5 <= x <= {width - 0.5:g}, -0.5 <= y <= {height - 0.5:g}; pixel centres are integers)"
         )
     return pts
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two boxes ``(x0, y0, x1, y1)`` in edge coordinates.
+
+    Returns:
+        A float in [0, 1]; 0 for disjoint boxes or an empty union.
+    """
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from dife.checks import check_device, check_int, check_number, check_positive_int
-from dife.coords import CropTransform
+from dife.coords import CropTransform, box_iou
 from dife.errors import CheckpointError, InputError, ModelNotFoundError, UnknownDomainError
 from dife.images import load_image, split_images
 from dife.modeling.face_detector import FaceDetector, FaceDetectorConfig
@@ -298,14 +298,6 @@ def _to_photo(d: Any, t: CropTransform, detector: FaceDetector) -> Detection:
     )
 
 
-def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def detect_tensors(
     images: Sequence[torch.Tensor],
     detector: FaceDetector,
@@ -382,7 +374,7 @@ def detect_tensors(
             best = None
             for d in dets:
                 f = _to_photo(d, v, detector)
-                if _box_iou(f.box, old.box) <= 0.3:
+                if box_iou(f.box, old.box) <= 0.3:
                     continue
                 dist = ((d.box[0] + d.box[2]) / 2 - centre) ** 2 + ((d.box[1] + d.box[3]) / 2 - centre) ** 2
                 if best is None or dist < best[0]:
@@ -398,7 +390,7 @@ def detect_tensors(
     for faces in out:
         kept: list[Detection] = []
         for f in sorted((f for f in faces if f.score >= final_score), key=lambda f: -f.score):
-            if all(_box_iou(f.box, g.box) <= 0.5 for g in kept):
+            if all(box_iou(f.box, g.box) <= 0.5 for g in kept):
                 kept.append(f)
         result.append(kept[:limit])
     return result

@@ -108,3 +108,13 @@ def test_points_outside_name_the_point():
 def test_points_wrong_shape():
     with pytest.raises(ShapeError, match=r"\(3, 3\)"):
         check_points_inside(np.zeros((3, 3)), width=10, height=10)
+
+
+def test_box_iou():
+    from dife.coords import box_iou
+
+    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0  # disjoint
+    assert box_iou((0, 0, 10, 10), (10, 0, 20, 10)) == 0.0  # touching edges
+    assert box_iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0  # empty union

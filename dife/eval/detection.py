@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dife.coords import box_iou
 from dife.errors import InputError
 
 if TYPE_CHECKING:
@@ -171,12 +172,6 @@ def evaluation_finder(
     return finder, label
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    from dife.train.detector import box_iou
-
-    return float(box_iou(a, b))
-
-
 @dataclass
 class PhotoDetections:
     """A photo, its labelled face and the faces the finder returned.
@@ -196,7 +191,7 @@ class PhotoDetections:
 
     def ious(self) -> np.ndarray:
         """IoU of each detection with the labelled box, in detection order."""
-        return np.array([_iou(d.box, self.true_box) for d in self.detections], dtype=np.float64)
+        return np.array([box_iou(d.box, self.true_box) for d in self.detections], dtype=np.float64)
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -362,7 +357,7 @@ def score_detections(
         row: dict[str, int] = {}
         for ph in by[s]:
             top = next((d for d in ph.detections if d.score >= min_score), None)
-            if top is not None and _iou(top.box, ph.true_box) >= iou:
+            if top is not None and box_iou(top.box, ph.true_box) >= iou:
                 row[top.species] = row.get(top.species, 0) + 1
         confusion[s] = row
     return per, _stats(photos, min_score, iou), confusion
@@ -410,8 +405,8 @@ class DetectionReport:
                         "true_box": [round(v, 1) for v in ph.true_box],
                         "faces": len(kept),
                         "top": top.to_dict() if top is not None else None,
-                        "top_iou": round(_iou(top.box, ph.true_box), 4) if top is not None else 0.0,
-                        "best_iou": round(max((_iou(d.box, ph.true_box) for d in kept), default=0.0), 4),
+                        "top_iou": round(box_iou(top.box, ph.true_box), 4) if top is not None else 0.0,
+                        "best_iou": round(max((box_iou(d.box, ph.true_box) for d in kept), default=0.0), 4),
                     }
                 )
             out["photos"] = rows

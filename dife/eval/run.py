@@ -254,7 +254,7 @@ def evaluate(
 def _iou(a: Any, b: Any) -> float | None:
     if a is None or b is None:
         return None
-    from dife.train.detector import box_iou
+    from dife.coords import box_iou
 
     return float(box_iou(a, b))
 

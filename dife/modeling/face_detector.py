@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dife.checks import check_int, check_number, is_int, is_number
+from dife.coords import box_iou
 from dife.errors import CheckpointError, ShapeError
 from dife.modeling.lite0 import LITE0_STAGES, Lite0Features
 
@@ -316,7 +317,7 @@ class FaceDetector(nn.Module):
                 cy = s * (i + torch.sigmoid(box[b, 1, i, j]).item())
                 side = s * math.exp(min(box[b, 2, i, j].item(), 12.0))
                 bx = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
-                if any(_iou(bx, d.box) > nms_iou for d in dets):
+                if any(box_iou(bx, d.box) > nms_iou for d in dets):
                     continue
                 rel = kps[b, :, i, j].view(-1, 2)
                 pts = torch.stack([cx + rel[:, 0] * side, cy + rel[:, 1] * side], dim=1)
@@ -326,11 +327,3 @@ class FaceDetector(nn.Module):
                     break
             results.append(dets)
         return results
-
-
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0

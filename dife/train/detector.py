@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 
 from dife.checks import check_int, check_number, check_positive_int
-from dife.coords import CropTransform
+from dife.coords import CropTransform, box_iou
 from dife.embedding import resample_crop
 from dife.errors import InputError, ModelNotFoundError
 from dife.images import load_image
@@ -810,15 +810,6 @@ def build_cache(
 
 
 # ============================================================================ evaluation
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two ``(x0, y0, x1, y1)`` boxes."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def score_cached(detector: FaceDetector, cache: FeatureCache, photos: Sequence[PhotoRecord]) -> dict[str, float]:
     """Top-1 detection quality on a whole-photo cache (one view per photo, one face each)."""
     detector.eval()
