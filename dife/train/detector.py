@@ -66,6 +66,7 @@ from dife.checks import check_int, check_number, check_positive_int
 from dife.coords import CropTransform, box_iou
 from dife.embedding import resample_crop
 from dife.errors import InputError, ModelNotFoundError
+from dife.eval.readers import _box4
 from dife.images import load_image
 from dife.modeling.face_detector import DETECTOR_KEYPOINTS, DETECTOR_SPECIES, FaceDetector, FaceDetectorConfig
 
@@ -289,16 +290,6 @@ class PhotoRecord:
     width: int
     height: int
     faces: tuple[FaceRecord, ...]
-
-
-def _box4(v: Any, where: str) -> tuple[float, float, float, float]:
-    try:
-        x0, y0, x1, y1 = (float(t) for t in v)
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: a box must be 4 numbers, got {v!r}") from None
-    if not all(math.isfinite(t) for t in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
-        raise InputError(f"{where}: invalid box {v!r}")
-    return x0, y0, x1, y1
 
 
 def _kps(v: Any, where: str) -> dict[str, tuple[float, float]]:
