@@ -26,44 +26,13 @@ GROUPS = ("human->dog", "human->cat", "dog->cat", "cat->dog", "human->livestock"
 
 
 def _boxed_method(model: str, prior: float, name: str) -> Any:
+    """The model through ``dife.eval`` with every image framed by its centred square (``box="image"``)."""
     from dife.eval.methods import DIFEMethod
 
-    class CropAsGiven(DIFEMethod):
-        """DIFEMethod that frames every image by its centred square (no face finding)."""
-
-        def _transfer_many(self, srcs, tgts, pts):  # type: ignore[no-untyped-def]
-            import numpy as np
-
-            from dife.transfer import transfer_keypoints
-
-            out: list[Any] = [None] * len(srcs)
-            by_n: dict[int, list[int]] = {}
-            for i, p in enumerate(pts):
-                by_n.setdefault(len(p), []).append(i)
-            for n, idx in by_n.items():
-                for s in range(0, len(idx), self.batch_size):
-                    chunk = idx[s : s + self.batch_size]
-                    if n == 0:
-                        for i in chunk:
-                            out[i] = np.zeros((0, 2))
-                        continue
-                    res = transfer_keypoints(
-                        [srcs[i] for i in chunk],
-                        [tgts[i] for i in chunk],
-                        np.stack([pts[i] for i in chunk]),
-                        model=self.model,
-                        refine=self.refine,
-                        batch_size=self.batch_size,
-                        device=self.device,
-                        spatial_prior=self.spatial_prior,
-                        src_box="image",
-                        tgt_box="image",
-                    )
-                    for k, i in enumerate(chunk):
-                        out[i] = np.asarray(res[k], dtype=np.float64)
-            return out
-
-    return CropAsGiven(model, name=name, spatial_prior=prior)
+    method = DIFEMethod(model, name=name, spatial_prior=prior, framing="image")
+    if method.framing != "image" or method.detector is not None:  # the study must never call the face finder
+        raise RuntimeError(f"{name}: expected the centred-square framing, got {method.framing!r}")
+    return method
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

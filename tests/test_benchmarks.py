@@ -476,3 +476,51 @@ def test_docs_page_is_up_to_date_with_the_results(page_tool) -> None:
     )
     if link:
         assert (ROOT / "docs" / link).read_bytes() == (results / "accuracy_dev.png").read_bytes()
+
+
+# --------------------------------------------------------------------------- the dife-base v2 study scripts
+@pytest.fixture(scope="module")
+def inference_options() -> ModuleType:
+    return _load("benchmarks/inference_options.py", "dife_bench_inference_options")
+
+
+@pytest.fixture(scope="module")
+def recipe_study() -> ModuleType:
+    return _load("benchmarks/recipe_study.py", "dife_bench_recipe_study")
+
+
+def test_inference_option_views(inference_options) -> None:
+    assert inference_options._views("none") == [(1.0, 0.0, 0.0)]
+    assert inference_options._views("prior4_win9") == [(1.0, 0.0, 0.0)]
+    shifts = inference_options._views("shift2")
+    assert len(shifts) == 5 and (1.0, 2 / 48, 0.0) in shifts and (1.0, 0.0, -2 / 48) in shifts
+    assert inference_options._views("scale10")[1:] == [(1.1, 0.0, 0.0), (0.9, 0.0, 0.0)]
+
+
+def test_averaged_views_map_each_view_back_to_the_crop(inference_options) -> None:
+    """With an equivariant 'network' (the image itself), every view maps back onto the crop's own values."""
+    import torch.nn.functional as F
+
+    def network(net, x, out, backend):  # the smooth input as its own embedding
+        out.copy_(F.normalize(x, dim=1))
+
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
+    x = torch.stack([torch.cos(2 * xx), torch.sin(2 * yy), 1 + 0.5 * xx * yy])[None]
+    want = torch.empty(1, 3, 32, 32)
+    network(None, x, want, "reference")
+    # the shipped option sets, and lopsided views whose errors cannot cancel out in the average
+    for views in (
+        [(1.0, 0.0, 0.0), (1.0, 0.25, 0.0)],
+        [(1.0, 0.0, 0.0), (1.2, 0.1, -0.15)],
+        *(inference_options._views(o) for o in ("shift2", "scale10")),
+    ):
+        got = torch.empty_like(want)
+        inference_options._averaging_network(network, views)(None, x, got, "reference")
+        inner = (slice(None), slice(None), slice(6, -6), slice(6, -6))  # away from the borders the views do not cover
+        assert (got[inner] - want[inner]).abs().max() < 0.03, views
+        assert torch.allclose(got.norm(dim=1), torch.ones(1, 32, 32), atol=1e-5)
+
+
+def test_recipe_study_frames_every_crop_by_its_centred_square(recipe_study, tiny_folder) -> None:
+    method = recipe_study._boxed_method(str(tiny_folder), 2.0, "prior 2")
+    assert method.framing == "image" and method.detector is None and method.spatial_prior == 2.0

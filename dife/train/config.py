@@ -361,6 +361,12 @@ class OptimConfig:
             (the authors: 0.1, PyTorch's default).
         plateau_patience: Validations without improvement before the LR drops.
         min_lr: Lowest learning rate.
+        ema: Decay of an exponential moving average of the weights (0 = off;
+            e.g. 0.99). When on, validation, the best and last checkpoints and
+            the exported model use the averaged weights; Adam trains the raw
+            ones (both are in ``training_state.pt``, so a resumed run
+            continues exactly). The decay ramps up as ``min(ema, (1 + t) / (10 + t))``
+            at step ``t``, so early averages are not dominated by the initial weights.
     """
 
     lr: float = 1e-3
@@ -370,6 +376,7 @@ class OptimConfig:
     plateau_factor: float = 0.5
     plateau_patience: int = 2
     min_lr: float = 1e-6
+    ema: float = 0.0
 
 
 @dataclass
@@ -1317,6 +1324,8 @@ def _validate(cfg: TrainConfig, *, check_paths: bool, check_teachers: bool) -> N
         raise InputError(f"config key 'optim.plateau_factor' must be in (0, 1), got {o.plateau_factor}")
     _positive(o.plateau_patience, "optim.plateau_patience", allow_zero=True)
     _positive(o.min_lr, "optim.min_lr", allow_zero=True)
+    if not 0.0 <= o.ema < 1.0:
+        raise InputError(f"config key 'optim.ema' must be in [0, 1) (0: off), got {o.ema}")
 
     # ---- augmentation
     a = cfg.augment

@@ -31,7 +31,8 @@ Each step ([Trainer.train_step][dife.train.trainer.Trainer.train_step]):
      correspondence under the two views' warps (the pair has the source's
      pose); for real photos, ``m1`` also matches the two warps of each photo
      and ``m2`` adds the DVE exchange loss through the auxiliary species.
-5. Adam step (optional gradient clipping).
+5. Adam step (optional gradient clipping), then the moving average of the
+   weights (``optim.ema``), if on: that average is what is validated and saved.
 
 Every ``validation.every`` steps the cross-species keypoint-transfer error
 ([keypoint_transfer_error][dife.train.validate.keypoint_transfer_error]) drives
@@ -59,6 +60,7 @@ reproducible, and ``train(..., resume=True)`` continues exactly where
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -388,6 +390,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=o.plateau_factor, patience=o.plateau_patience, min_lr=o.min_lr
         )
+        # the moving average of the weights (optim.ema): what is validated, checkpointed and exported
+        self.ema_model: DIFE | None = None
+        if o.ema > 0:
+            self.ema_model = copy.deepcopy(self.model).eval()
+            self.ema_model.requires_grad_(False)
 
         # ---- data
         from dife.train.data import RealFaceFolder, SyntheticSource
@@ -928,6 +935,7 @@ class Trainer:
         else:
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
         self.optimizer.step()
+        self._update_ema()
         log["grad_norm"] = float(norm)
         log["lr"] = float(self.optimizer.param_groups[0]["lr"])
         for k, vals in self._pair_log.items():  # health of the pseudo pairs refreshed in this step
@@ -943,6 +951,22 @@ class Trainer:
                 "pseudo": [(pv["key"], pv["a"], pv["b"], pv["e_a"].detach(), pv["e_b"].detach()) for pv in pseudo],
             }
         return log
+
+    @property
+    def published(self) -> DIFE:
+        """The model that is validated and saved: the weight average with ``optim.ema``, else the trained one."""
+        return self.ema_model if self.ema_model is not None else self.model
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """One step of the weight average (after the optimizer step ``self.step``)."""
+        if self.ema_model is None:
+            return
+        decay = min(self.config.optim.ema, (1.0 + self.step) / (10.0 + self.step))
+        for avg, p in zip(self.ema_model.parameters(), self.model.parameters(), strict=True):
+            avg.lerp_(p.detach(), 1.0 - decay)
+        for avg, b in zip(self.ema_model.buffers(), self.model.buffers(), strict=True):
+            avg.copy_(b)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> float | None:
@@ -965,7 +989,7 @@ class Trainer:
                 trained = [s for s in self.config.species_names if s in have]
                 species = trained if len(trained) >= 2 else None
             res = keypoint_transfer_error(
-                self.model,
+                self.published,
                 folder,
                 pairs=v.pairs,
                 seed=v.seed,
@@ -1010,12 +1034,15 @@ class Trainer:
         ranks = dist_utils.gather_objects(self._rank_state(), self.ctx)
         folder = self.output_dir / "last"
         if self.is_main:
-            self.model.save_pretrained(folder, **self._card())
+            self.published.save_pretrained(folder, **self._card())
             state = {
                 "version": STATE_VERSION,
                 "step": self.step,
                 "world_size": self.ctx.world_size,
                 "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "ema": None
+                if self.ema_model is None
+                else {k: v.detach().cpu() for k, v in self.ema_model.state_dict().items()},
                 "k1_head": None if self.k1_head is None else {k: v.cpu() for k, v in self.k1_head.state_dict().items()},
                 "extra_heads": None
                 if self.extra_heads is None
@@ -1050,6 +1077,9 @@ class Trainer:
                 f"in {diff or 'nothing'} from this config (species {list(self.config.species_names)})"
             )
         self.model.load_state_dict(state["model"], strict=True)
+        if self.ema_model is not None:
+            # a state saved without the average (optim.ema was off) starts it from the weights
+            self.ema_model.load_state_dict(state.get("ema") or state["model"], strict=True)
         if (state["k1_head"] is None) != (self.k1_head is None):
             raise InputError(f"cannot resume {path}: the dense teacher's channel count changed")
         if self.k1_head is not None:
@@ -1097,7 +1127,7 @@ class Trainer:
 
     def _save_best(self) -> None:
         if self.is_main:
-            self.model.save_pretrained(self.output_dir / "best", **self._card())
+            self.published.save_pretrained(self.output_dir / "best", **self._card())
 
     def _export(self) -> None:
         """Write the final model (the best validated one, else the last) into ``output_dir``."""
@@ -1109,7 +1139,7 @@ class Trainer:
 
             model = from_pretrained(best)
         else:
-            model = self.model
+            model = self.published
         model.save_pretrained(self.output_dir, **self._card())
 
     # ------------------------------------------------------------------ logging

@@ -271,16 +271,19 @@ def test_authors_colour_jitter_and_validation_scoring_are_passed_on(
 
 
 # --------------------------------------------------------------------------- checkpoints
-def test_resume_reproduces_a_straight_run(tmp_path: Path, generators: dict) -> None:
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_reproduces_a_straight_run(tmp_path: Path, generators: dict, ema: float) -> None:
     from dife.modeling.dife import DIFE
     from dife.train.trainer import TRAINING_STATE
 
     # warm-up 1, pseudo pairs refreshed at steps 1 and 4: the resumed run must reuse the saved pairs at step 3
+    # (with optim.ema the saved model is the weight average, resumed from the state like the rest)
     pairs = {"every": 3, "batch_size": 2, "per_step": 1, "steps": 2}
-    tr = make_trainer(tiny_config(tmp_path / "a", steps=6, pseudo_pairs=pairs), generators)
+    optim = {"lr": 1e-3, "ema": ema}
+    tr = make_trainer(tiny_config(tmp_path / "a", steps=6, pseudo_pairs=pairs, optim=optim), generators)
     fresh = {k: v.clone() for k, v in tr.model.state_dict().items()}
     straight = tr.fit()
-    part = tiny_config(tmp_path / "b", steps=3, pseudo_pairs=pairs)
+    part = tiny_config(tmp_path / "b", steps=3, pseudo_pairs=pairs, optim=optim)
     make_trainer(part, generators).fit()
     state = torch.load(tmp_path / "b" / "last" / TRAINING_STATE, map_location="cpu", weights_only=True)
     assert state["step"] == 3 and len(state["ranks"]) == 1 and len(state["ranks"][0]["pairs"]) == 4

@@ -302,3 +302,68 @@ def test_extra_teachers_need_a_dense_teacher_and_weights(tmp_path: Path) -> None
     cfg["model"]["converter_dim"] = 8
     with pytest.raises(InputError, match="need a dense_teacher"):
         config_from_dict(cfg).validate(check_paths=False, check_teachers=False)
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_ema_is_the_running_average_of_the_weights_and_what_is_saved(tmp_path: Path) -> None:
+    from dife.hub import from_pretrained
+    from dife.train.trainer import Trainer
+
+    cfg = _config(tmp_path, steps=3)
+    cfg["optim"] = {"ema": 0.9}
+    tr = Trainer(cfg, dense_teacher=CountingTeacher())
+    want = _weights(tr.model)
+    for _ in range(3):
+        tr.train_step()
+        decay = min(0.9, (1.0 + tr.step) / (10.0 + tr.step))  # 0.1, 0.182, 0.25: the warm-up of the decay
+        now = _weights(tr.model)
+        want = {k: want[k] * decay + now[k] * (1 - decay) for k in want}
+        tr.step += 1
+    got = _weights(tr.ema_model)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7)
+    assert any(not torch.equal(got[k], now[k]) for k in got)  # the average is not the last weights
+    assert tr.published is tr.ema_model
+    folder = tr.save_last()
+    saved = _weights(from_pretrained(folder))
+    for k in got:
+        torch.testing.assert_close(saved[k], got[k], rtol=0, atol=0)
+
+
+def test_ema_is_resumed_exactly(tmp_path: Path) -> None:
+    from dife.train.trainer import Trainer
+
+    cfg = _config(tmp_path, steps=3)
+    cfg["optim"] = {"ema": 0.8}
+    tr = Trainer(cfg, dense_teacher=CountingTeacher())
+    tr.fit()
+    again = Trainer(cfg, dense_teacher=CountingTeacher(), resume=True)
+    for name, was in _weights(tr.ema_model).items():
+        torch.testing.assert_close(_weights(again.ema_model)[name], was, rtol=0, atol=0)
+    assert any(not torch.equal(v, _weights(again.model)[k]) for k, v in _weights(again.ema_model).items())
+    # a state written without the average starts it from the trained weights
+    off = dict(cfg, output_dir=str(tmp_path / "off"), optim={"ema": 0.0})
+    Trainer(off, dense_teacher=CountingTeacher()).fit()
+    on = Trainer(dict(off, optim={"ema": 0.8}, steps=4), dense_teacher=CountingTeacher(), resume=True)
+    for name, was in _weights(on.model).items():
+        torch.testing.assert_close(_weights(on.ema_model)[name], was, rtol=0, atol=0)
+
+
+def test_without_ema_the_trained_weights_are_saved(tmp_path: Path) -> None:
+    from dife.train.trainer import Trainer
+
+    tr = Trainer(_config(tmp_path, steps=1), dense_teacher=CountingTeacher())
+    assert tr.ema_model is None and tr.published is tr.model
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5])
+def test_ema_outside_0_1_is_refused(tmp_path: Path, bad: float) -> None:
+    from dife.train.trainer import Trainer
+
+    cfg = _config(tmp_path)
+    cfg["optim"] = {"ema": bad}
+    with pytest.raises(InputError, match="optim.ema"):
+        Trainer(cfg, dense_teacher=CountingTeacher())
