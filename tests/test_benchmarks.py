@@ -521,6 +521,19 @@ def test_averaged_views_map_each_view_back_to_the_crop(inference_options) -> Non
         assert torch.allclose(got.norm(dim=1), torch.ones(1, 32, 32), atol=1e-5)
 
 
-def test_recipe_study_frames_every_crop_by_its_centred_square(recipe_study, tiny_folder) -> None:
+def test_recipe_study_frames_every_crop_by_its_centred_square(recipe_study, tiny_folder, monkeypatch) -> None:
+    """The study's method never calls the face finder and matches ``transfer_keypoints(box="image")``."""
+    import dife.detection
+    from dife.transfer import transfer_keypoints
+
+    def no_finder(*args, **kwargs):
+        raise AssertionError("the recipe study called the face finder")
+
+    monkeypatch.setattr(dife.detection, "detect_tensors", no_finder)
+    rng = np.random.default_rng(0)
+    src, tgt = (rng.integers(0, 255, (64, 80, 3), dtype=np.uint8) for _ in range(2))
+    pts = np.array([[20.0, 30.0], [50.0, 12.5]])
     method = recipe_study._boxed_method(str(tiny_folder), 2.0, "prior 2")
-    assert method.framing == "image" and method.detector is None and method.spatial_prior == 2.0
+    got = method.transfer_many([src], [tgt], [pts])[0]
+    want = transfer_keypoints(src, tgt, pts, src_box="image", tgt_box="image", model=method.model, spatial_prior=2.0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
