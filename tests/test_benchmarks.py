@@ -156,8 +156,9 @@ def test_speed_quick_writes_the_device_the_rows_and_the_ratios(speed, tiny_folde
         "`transfer_dense_field` ms",
     ]
     b1 = on_disk["checks"][0]
-    assert b1["value"] == pytest.approx(rows["embed_b1_before"]["median_s"] / rows["embed_b1"]["median_s"], abs=0.01)
-    assert b1["ok"] == (b1["value"] >= speed.BAR["b1_speedup"])
+    b1_ratio = rows["embed_b1_before"]["median_s"] / rows["embed_b1"]["median_s"]
+    assert b1["value"] == pytest.approx(b1_ratio, abs=0.01)  # shown rounded; judged on the exact ratio
+    assert b1["ok"] == (b1_ratio >= speed.BAR["b1_speedup"])
 
     md = (out / "speed_cpu_quick.md").read_text()
     assert md.startswith(f"# Speed on CPU: {dev['name']}")
