@@ -13,7 +13,12 @@ An option set is ``none`` or tokens joined by ``_``:
   shifted by N pixels (of the 96-px input) left, right, up and down, each mapped back;
 * ``scaleN``: the same over two zooms of the crop, by 1 +- N/100 about its centre;
 * ``priorX``: spatial-prior weight X instead of the model's own;
-* ``winN`` / ``tempX``: soft-argmax window and temperature of the match refinement.
+* ``winN`` / ``tempX``: soft-argmax window and temperature of the match refinement;
+* ``geoaff`` / ``geosim``: an instance-level prior centre: an affine / similarity transform fitted
+  (RANSAC, 3 grid px inlier threshold) to the dense mutual nearest neighbours of the two
+  embeddings (every 3rd pixel, with the model's prior) replaces the source point's own relative
+  position as the centre of the spatial prior;
+* ``gateX``: points whose match is not mutual are matched again with prior weight X.
 
 Test-time augmentation embeds every face ``1 + views`` times, so it multiplies the cost
 per face (``dife-base``: 0.74 GFLOP per view). It is implemented here by wrapping the
@@ -73,6 +78,88 @@ def _averaging_network(original: Any, views: list[tuple[float, float, float]]) -
     return run
 
 
+def _fit_transform(p: Any, q: Any, kind: str) -> Any:
+    """Least-squares (2, 3) affine or similarity transform taking points ``p`` (N, 2) to ``q``."""
+    import numpy as np
+
+    n = len(p)
+    if kind == "aff":
+        return np.linalg.lstsq(np.c_[p, np.ones(n)], q, rcond=None)[0].T
+    m = np.zeros((2 * n, 4))
+    m[0::2] = np.c_[p[:, 0], -p[:, 1], np.ones(n), np.zeros(n)]
+    m[1::2] = np.c_[p[:, 1], p[:, 0], np.zeros(n), np.ones(n)]
+    a, b, tx, ty = np.linalg.lstsq(m, q.reshape(-1), rcond=None)[0]
+    return np.array([[a, -b, tx], [b, a, ty]])
+
+
+def _global_transform(src: Any, tgt: Any, prior: float, kind: str, seed: int = 0) -> Any:
+    """RANSAC transform (grid coordinates) of the dense mutual matches of two (C, S, S) maps, or None."""
+    import numpy as np
+    import torch
+
+    from dife.matching import match, mutual_nearest, sample_descriptors
+
+    size = src.shape[-1]
+    ys, xs = np.mgrid[1:size:3, 1:size:3]
+    p = np.c_[xs.ravel(), ys.ravel()].astype(np.float64)
+    g = torch.as_tensor(p, dtype=src.dtype)
+    q, sim, peaks = match(
+        sample_descriptors(src, g), tgt, refine=False, prior_points=g if prior > 0 else None, prior_weight=prior
+    )
+    keep = mutual_nearest(src, tgt, g, peaks.to(g.dtype), radius_px=2.0).numpy()
+    if keep.sum() < 12:
+        return None
+    p, q, w = p[keep], q.numpy().astype(np.float64)[keep], sim.numpy()[keep].clip(0, None) + 1e-3
+    k = 3 if kind == "aff" else 2
+    rng = np.random.default_rng(seed)
+    best, best_score = None, -1.0
+    for _ in range(300):
+        idx = rng.choice(len(p), k, replace=False)
+        t = _fit_transform(p[idx], q[idx], kind)
+        inl = np.hypot(*(p @ t[:, :2].T + t[:, 2] - q).T) < 3.0
+        if (w * inl).sum() > best_score:
+            best, best_score = inl, float((w * inl).sum())
+    if best is None or best.mean() < 0.25:
+        return None
+    return _fit_transform(p[best], q[best], kind)
+
+
+def _transfer_variant(original: Any, option: str) -> Any:
+    """A drop-in for ``dife.transfer._transfer_one`` with the ``geo*`` / ``gate*`` tokens of ``option``."""
+    import numpy as np
+    import torch
+
+    import dife.transfer as transfer
+    from dife.matching import match, mutual_nearest, sample_descriptors
+
+    tokens = option.split("_")
+    geo = next((t[3:] for t in tokens if t in ("geoaff", "geosim")), None)
+    gate = next((float(t[4:]) for t in tokens if t.startswith("gate")), None)
+    if geo is None and gate is None:
+        return original
+
+    def run(src: Any, src_t: Any, tgt: Any, tgt_t: Any, pts: Any, *, spatial_prior: float = 0.0, **kw: Any) -> Any:
+        t = _global_transform(src, tgt, spatial_prior, geo) if geo is not None else None
+        if t is None:
+            out, sim, mutual = original(src, src_t, tgt, tgt_t, pts, spatial_prior=spatial_prior, **kw)
+        else:  # as _transfer_one, the prior centred on the transformed point
+            grid = np.clip(src_t.to_grid(pts), 0.0, src.shape[-1] - 1.0)
+            g = torch.as_tensor(grid, dtype=src.dtype)
+            centre = torch.as_tensor(grid @ t[:, :2].T + t[:, 2], dtype=src.dtype)
+            found, s, peaks = match(
+                sample_descriptors(src, g), tgt, prior_points=centre, prior_weight=max(spatial_prior, 1e-6), **kw
+            )
+            mutual = mutual_nearest(src, tgt, g, peaks.to(g.dtype), radius_px=transfer.MUTUAL_RADIUS).numpy()
+            out = transfer._clip_to_image(tgt_t.to_image(found.numpy().astype(np.float64)), tgt_t)
+            sim, mutual = s.numpy().astype(np.float64), mutual & src_t.contains(pts)
+        if gate is not None and not mutual.all():
+            again = original(src, src_t, tgt, tgt_t, pts, spatial_prior=gate, **kw)[0]
+            out = np.where(mutual[:, None], out, again)
+        return out, sim, mutual
+
+    return run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="development faces folder")
@@ -89,6 +176,7 @@ def main() -> None:
     from dife.eval.methods import DIFEMethod
 
     network, transfer_keypoints = embedding._run_network, transfer.transfer_keypoints
+    transfer_one = transfer._transfer_one
     samples = read_dataset(args.data)
     path = Path(args.json)
     data = json.loads(path.read_text()) if path.is_file() else {"model": args.model, "options": {}}
@@ -104,6 +192,7 @@ def main() -> None:
         views = _views(option)
         embedding._run_network = _averaging_network(network, views) if len(views) > 1 else network
         transfer.transfer_keypoints = functools.partial(transfer_keypoints, **match)
+        transfer._transfer_one = _transfer_variant(transfer_one, option)
         t0 = time.perf_counter()
         method = DIFEMethod(args.model, name=option, framing="detect", spatial_prior=prior)
         with warnings.catch_warnings():

@@ -522,6 +522,87 @@ def test_averaged_views_map_each_view_back_to_the_crop(inference_options) -> Non
         assert torch.allclose(got.norm(dim=1), torch.ones(1, 32, 32), atol=1e-5)
 
 
+def test_fit_transform_recovers_affine_and_similarity_maps(inference_options) -> None:
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 96, (20, 2))
+    aff = np.array([[1.1, 0.2, 3.0], [-0.1, 0.9, -4.0]])
+    np.testing.assert_allclose(inference_options._fit_transform(p, p @ aff[:, :2].T + aff[:, 2], "aff"), aff, atol=1e-9)
+    c, s = 1.2 * np.cos(0.3), 1.2 * np.sin(0.3)
+    sim = np.array([[c, -s, -5.0], [s, c, 7.0]])
+    np.testing.assert_allclose(inference_options._fit_transform(p, p @ sim[:, :2].T + sim[:, 2], "sim"), sim, atol=1e-9)
+
+
+def _unique_map(size: int = 24, shift: int = 0) -> torch.Tensor:
+    """A (C, S, S) unit map whose pixels are all distinct, content moved ``shift`` pixels right."""
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
+    xx = xx - shift
+    feats = torch.stack([torch.cos(xx / 4), torch.sin(xx / 4), torch.cos(yy / 4), torch.sin(yy / 4)])
+    return torch.nn.functional.normalize(feats, dim=0)
+
+
+def test_global_transform_finds_the_shift_between_two_maps(inference_options) -> None:
+    t = inference_options._global_transform(_unique_map(), _unique_map(shift=3), 0.0, "sim")
+    assert t is not None
+    np.testing.assert_allclose(t, [[1, 0, 3], [0, 1, 0]], atol=1e-6)
+
+
+def test_transfer_variants(inference_options) -> None:
+    """``none`` keeps the library's function; ``geosim`` follows the shift between the maps where the
+    plain prior takes a decoy at the point's own position; ``gate`` re-matches the non-mutual points."""
+    from dife.coords import square_crop
+    from dife.transfer import _transfer_one
+
+    assert inference_options._transfer_variant(_transfer_one, "prior4_win9") is _transfer_one
+    g = torch.Generator().manual_seed(0)
+    src = torch.nn.functional.normalize(torch.randn(16, 24, 24, generator=g), dim=0)
+    tgt = torch.nn.functional.normalize(torch.randn(16, 24, 24, generator=g), dim=0)
+    tgt[:, :, 3:] = src[:, :, :-3]  # the content 3 pixels to the right
+    tgt[:, 12, 12] = src[:, 12, 12]  # a decoy of the query at its own position
+    t = square_crop(24, 24, 24)
+    pts = np.array([[12.0, 12.0]])
+    kw = dict(refine=False, window=1, temperature=0.02, chunk_size=None, spatial_prior=2.0)
+    np.testing.assert_allclose(_transfer_one(src, t, tgt, t, pts, **kw)[0], [[12.0, 12.0]])
+    out = inference_options._transfer_variant(_transfer_one, "geosim")(src, t, tgt, t, pts, **kw)[0]
+    np.testing.assert_allclose(out, [[15.0, 12.0]], atol=1e-6)
+    calls = []
+
+    def fake(src, src_t, tgt, tgt_t, pts, *, spatial_prior, **kw):
+        calls.append(spatial_prior)
+        return np.full_like(pts, spatial_prior), np.ones(len(pts)), np.arange(len(pts)) == 0
+
+    two = np.array([[6.0, 8.0], [12.0, 12.0]])
+    out = inference_options._transfer_variant(fake, "gate8")(src, t, tgt, t, two, **kw)[0]
+    assert calls == [2.0, 8.0]
+    np.testing.assert_array_equal(out, [[2.0, 2.0], [8.0, 8.0]])
+
+
+@pytest.fixture(scope="module")
+def error_analysis() -> ModuleType:
+    return _load("benchmarks/error_analysis.py", "dife_bench_error_analysis")
+
+
+def test_error_analysis_offsets_gross_share_and_bound(error_analysis) -> None:
+    """Two pairs on 140-px crops (70-px units = half a pixel): one keypoint off by a constant offset, one exact."""
+    pair = {"group": "human->dog", "names": ["nose", "eye"], "gt": [[50.0, 60.0], [20.0, 20.0]]}
+    pairs = [
+        {**pair, "pred": [[50.0, 40.0], [20.0, 20.0]], "err70": [10.0, 0.0]},  # nose 20 px above: 10 in 70-px units
+        {**pair, "pred": [[50.0, 36.0], [20.0, 20.0]], "err70": [12.0, 0.0]},
+    ]
+    s = error_analysis.summary(error_analysis.points({"pairs": pairs}))
+    assert s["mean"] == pytest.approx(5.5) and s["median"] == pytest.approx(5.0)
+    nose = s["cells"][("human->dog", "nose")]
+    assert nose["n"] == 2 and nose["err"] == pytest.approx(11.0)
+    assert (nose["dx"], nose["dy"]) == pytest.approx((0.0, -11.0))
+    assert s["gross"][10.0] == {"points": 0.25, "error": pytest.approx(12 / 22)}
+    assert s["offsets_removed"] == pytest.approx(0.5)  # |±1| on the nose, 0 on the eye
+    text = error_analysis.report({"results": {"aligned": {"m": {"pairs": pairs}}}})
+    assert "| human->dog | nose | 2 | 11.0 | +0.0 | -11.0 |" in text and "## aligned: m" in text
+    with pytest.raises(SystemExit, match="no method 'x'"):
+        error_analysis.report({"results": {"aligned": {"m": {"pairs": pairs}}}}, "x")
+
+
 def test_recipe_study_frames_every_crop_by_its_centred_square(recipe_study, tiny_folder, monkeypatch) -> None:
     """The study's method never calls the face finder and matches ``transfer_keypoints(box="image")``."""
     import dife.detection

@@ -28,6 +28,7 @@ and the authors' values where the defaults differ, see the training guide)::
     optim: {lr: 0.001}
     pseudo_pairs: {every: 500, steps: 100, lam: 1.0}
     validation: {folder: "${dev_data}", every: 1000, pairs: 200}
+    landmarks: {folder: ""}  # optional: labelled keypoints of training photos (photo_crops --keypoints)
 
 Overrides name a key by its dotted path (``optim.lr=3e-4``,
 ``species.dog.generator.checkpoint=/data/afhqdog.pkl``) and the value is
@@ -38,8 +39,9 @@ raise [InputError][dife.errors.InputError] ([UnknownDomainError][dife.errors.Unk
 for species) naming the key.
 
 Relative paths in a config are relative to the current working directory.
-Data folders are parameters: a path may hold ``${data}`` or ``${dev_data}``,
-filled in from the keys ``data`` / ``dev_data`` when the config is loaded
+Data folders are parameters: a path may hold ``${data}``, ``${dev_data}`` or
+``${landmark_data}``, filled in from the keys ``data`` / ``dev_data`` /
+``landmark_data`` when the config is loaded
 (after the overrides), and those keys may name environment variables
 (``data: ${DIFE_DATA}``); a placeholder left unfilled is a clear error when the
 run starts ([TrainConfig.validate][dife.train.config.TrainConfig.validate]).
@@ -77,6 +79,7 @@ __all__ = [
     "AugmentConfig",
     "PseudoPairConfig",
     "ValidationConfig",
+    "LandmarkConfig",
     "LogConfig",
     "load_config",
     "save_config",
@@ -500,6 +503,33 @@ class ValidationConfig:
 
 
 @dataclass
+class LandmarkConfig:
+    """Labelled keypoints of training photos as a sparse matching signal (not in the paper).
+
+    Pairs of face crops of two species, each with a few labelled keypoints (eyes, nose),
+    are embedded with the other images of the step; the matching loss on those keypoints
+    ([keypoint_matching_loss][dife.train.losses.keypoint_matching_loss], both directions) is the
+    loss term ``kp``, from the end of the warm-up on. See [dife.train.landmarks][dife.train.landmarks].
+
+    Attributes:
+        folder: Landmark folder (``python -m dife.train.photo_crops PHOTOS OUT --keypoints``);
+            empty: no landmark loss. Never a development or evaluation set.
+        index: Index file inside ``folder``.
+        names: Keypoints matched by name across species.
+        pairs: Crop pairs per step.
+        weight: Weight of the term ``kp``.
+        cross_species: Pair crops of two different species (else any two crops).
+    """
+
+    folder: str = ""
+    index: str = "index.csv"
+    names: list[str] = field(default_factory=lambda: ["eye_left_img", "eye_right_img", "nose"])
+    pairs: int = 6
+    weight: float = 1.0
+    cross_species: bool = True
+
+
+@dataclass
 class LogConfig:
     """Logging.
 
@@ -545,8 +575,11 @@ class TrainConfig:
             public keypoint datasets with ``dife data faces``.
         dev_data: Labelled development folder, substituted for ``${dev_data}``
             (the shipped configs: ``${DIFE_DEV_DATA}``).
+        landmark_data: Folder of training crops with keypoints, substituted for
+            ``${landmark_data}`` (may name an environment variable; build it with
+            ``python -m dife.train.photo_crops PHOTOS OUT --keypoints``).
         species: ``{name: SpeciesConfig}``, in converter order.
-        model, dense_teacher, loss, optim, augment, pseudo_pairs, validation, log: Sections.
+        model, dense_teacher, loss, optim, augment, pseudo_pairs, validation, landmarks, log: Sections.
         extra_teachers: More dense teachers ([ExtraTeacherConfig][dife.train.config.ExtraTeacherConfig]), each
             distilled through its own projection with its own weight; empty by default.
     """
@@ -564,6 +597,7 @@ class TrainConfig:
     checkpoint_every: int = 1_000
     data: str = ""
     dev_data: str = ""
+    landmark_data: str = ""
     species: dict[str, SpeciesConfig] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     dense_teacher: DenseTeacherConfig = field(default_factory=DenseTeacherConfig)
@@ -573,6 +607,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     pseudo_pairs: PseudoPairConfig = field(default_factory=PseudoPairConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    landmarks: LandmarkConfig = field(default_factory=LandmarkConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     # ------------------------------------------------------------------ helpers
@@ -915,7 +950,7 @@ def load_config(
 
 
 #: The data placeholders of config paths and the keys that fill them.
-_DATA_KEYS = ("data", "dev_data")
+_DATA_KEYS = ("data", "dev_data", "landmark_data")
 _PLACEHOLDER = re.compile(r"\$\{(" + "|".join(_DATA_KEYS) + r")\}")
 
 
@@ -960,12 +995,13 @@ def _unfilled_data_paths(config: TrainConfig) -> None:
             how = f"pass {key}=DIR on the command line" + (
                 f" or set the environment variable {env.group(1)}" if env else f" or set '{key}' in the config"
             )
-            what = (
-                "the folder of training photos (`dife data faces` builds one from public keypoint datasets)"
-                if key == "data"
-                else "a labelled faces folder (annotations.json + images) for validation; validation.folder='' "
-                "trains without validation"
-            )
+            what = {
+                "data": "the folder of training photos (`dife data faces` builds one from public keypoint datasets)",
+                "dev_data": "a labelled faces folder (annotations.json + images) for validation; validation.folder='' "
+                "trains without validation",
+                "landmark_data": "a folder of training face crops with keypoints (`python -m dife.train.photo_crops "
+                "PHOTOS OUT --keypoints`); landmarks.folder='' trains without them",
+            }[key]
             raise InputError(f"config key '{where}' is {obj!r} but '{key}' is not set: {how}; {key} is {what}")
 
     walk(config.to_dict(), "")
@@ -1385,6 +1421,19 @@ def _validate(cfg: TrainConfig, *, check_paths: bool, check_teachers: bool) -> N
             "reads); "
             "set validation.folder='' to train without validation"
         )
+
+    # ---- landmarks
+    lm = cfg.landmarks
+    if lm.folder:
+        _positive(lm.pairs, "landmarks.pairs")
+        _positive(lm.weight, "landmarks.weight", allow_zero=True)
+        if not lm.names:
+            raise InputError("config key 'landmarks.names' must name at least one keypoint")
+        if check_paths and not (_resolve(lm.folder) / lm.index).is_file():
+            raise ModelNotFoundError(
+                f"landmarks.folder: '{lm.folder}' has no {lm.index} (write one with "
+                "`python -m dife.train.photo_crops PHOTOS OUT --keypoints`); set landmarks.folder='' to train without"
+            )
 
     # ---- logging
     _positive(cfg.log.every, "log.every")

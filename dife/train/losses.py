@@ -12,6 +12,8 @@ Pure functions on batched tensors, no module state. Every loss returns a
 * [dve_exchange_loss][dife.train.losses.dve_exchange_loss] -- the descriptor vector exchange of Thewlis et
   al. (ICCV 2019): descriptors of the first image are first re-expressed
   through an auxiliary image, then matched into the second.
+* [keypoint_matching_loss][dife.train.losses.keypoint_matching_loss] -- the matching loss on a few
+  labelled keypoints of two photos (the ``landmarks`` option of the trainer, not in the paper).
 * [total_loss][dife.train.losses.total_loss] -- the weighted sum
   ``L = 1e-2 L_K1 + 1 L_K2 + 1e-2 L_M1 + 1e-2 L_M2`` with a log dict.
 
@@ -50,6 +52,7 @@ __all__ = [
     "CHUNK_ELEMENTS",
     "distillation_loss",
     "matching_loss",
+    "keypoint_matching_loss",
     "soft_locations",
     "dve_exchange_loss",
     "exchange_descriptors",
@@ -362,6 +365,67 @@ def matching_loss(
     _check_pair(e1, e2, "e1", "e2")
     scale = _check_options(temperature, normalize)
     return _matching_loss(e1, e2, grid1_to_2, valid, scale, normalize, chunk_size, _check_reduction(reduction))
+
+
+def keypoint_matching_loss(
+    e1: torch.Tensor,
+    e2: torch.Tensor,
+    points1: torch.Tensor,
+    points2: torch.Tensor,
+    *,
+    temperature: float = 0.02,
+    normalize: Normalize = "softmax",
+) -> torch.Tensor:
+    """The matching loss (eq. 4-5) on labelled keypoints: sparse, known correspondences.
+
+    For keypoint ``k`` of pair ``b``, the descriptor of ``e1`` at ``points1[b, k]``
+    (bilinear, L2-normalised) gives the similarity-weighted mean location ``p`` in
+    ``e2`` (as [soft_locations][dife.train.losses.soft_locations]), which should land on
+    ``points2[b, k]``. The value is ``mean ||p - points2|| / max(H2, W2)`` over the
+    keypoints labelled in both images (the ``reduction="mean"`` scale of
+    [matching_loss][dife.train.losses.matching_loss]).
+
+    Args:
+        e1: (B, C, H, W) embedding of the first images.
+        e2: (B, C, H2, W2) embedding of their partners.
+        points1: (B, K, 2) ``(x, y)`` grid coordinates in ``e1`` (integer = pixel
+            centre); NaN marks a keypoint that is not labelled.
+        points2: (B, K, 2) the same keypoints in ``e2``.
+        temperature: Softmax temperature (> 0).
+        normalize: ``"softmax"`` or ``"cosine"`` (see [soft_locations][dife.train.losses.soft_locations]).
+
+    Returns:
+        0-d tensor >= 0 (0 when no keypoint is labelled in both).
+
+    Raises:
+        ShapeError: bad shapes or non-finite embeddings.
+        InputError: bad ``temperature`` or ``normalize``.
+    """
+    _check_map(e1, "e1")
+    _check_map(e2, "e2")
+    _check_pair(e1, e2, "e1", "e2")
+    b, _, h, w = e1.shape
+    for name, pts in (("points1", points1), ("points2", points2)):
+        if not isinstance(pts, torch.Tensor) or pts.ndim != 3 or pts.shape[0] != b or pts.shape[2] != 2:
+            raise ShapeError(f"{name} must be a (B={b}, K, 2) tensor of (x, y), got {_shape(pts)}")
+    if points1.shape != points2.shape:
+        raise ShapeError(
+            f"points1 and points2 must have one shape, got {tuple(points1.shape)} and {tuple(points2.shape)}"
+        )
+    scale = _check_options(temperature, normalize)
+    ok = ~(points1.isnan().any(-1) | points2.isnan().any(-1))  # (B, K)
+    if not bool(ok.any()):
+        return e1.sum() * 0.0
+    p1 = torch.where(ok[..., None], points1, torch.zeros_like(points1)).to(e1.dtype)
+    # bilinear descriptors at the points: grid_sample's [-1, 1] (align_corners=False) from pixel centres
+    norm = torch.stack([(p1[..., 0] + 0.5) * (2.0 / w) - 1.0, (p1[..., 1] + 0.5) * (2.0 / h) - 1.0], dim=-1)
+    q = F.grid_sample(F.normalize(e1, dim=1), norm[:, :, None], mode="bilinear", align_corners=False)[..., 0]
+    q = F.normalize(q.transpose(1, 2), dim=-1)  # (B, K, C)
+    h2, w2 = int(e2.shape[-2]), int(e2.shape[-1])
+    k = F.normalize(e2.to(e1.dtype), dim=1).flatten(2)  # (B, C, N2)
+    p = _attention(q, k, scale, normalize) @ _pixel_centres(h2, w2, e1.device, e1.dtype)  # (B, K, 2)
+    dist = torch.linalg.vector_norm(p - torch.nan_to_num(points2.to(e1.dtype)), dim=-1) / max(h2, w2)
+    return dist[ok].mean()
 
 
 def _matching_loss(

@@ -15,8 +15,9 @@ writes ``OUT_FOLDER/{species}_{NNNNNN}.jpg`` (square, ``size`` pixels) and
 ``scale``, ``dx``, ``dy``), readable by
 [RealFaceFolder][dife.train.data.RealFaceFolder] and usable as a species'
 ``extra_real`` source in a training config. The keypoints of the
-annotations only place the boxes and keep them on the face: they are not
-written and are no training signal.
+annotations place the boxes and keep them on the face; with ``--keypoints``
+(``keypoints=True``) they are also written, in the crop's pixels, as a
+``keypoints`` column for the landmark loss of [dife.train.landmarks][dife.train.landmarks].
 
 Framing of crop ``k`` of a face box (centre ``c``, side ``w``): side
 ``s w`` with ``log s ~ U(log lo, log hi)``, centre ``c + (dx, dy) s w`` with
@@ -46,7 +47,7 @@ import numpy as np
 
 from dife.errors import InputError
 
-__all__ = ["Framing", "framings_for_face", "make_photo_crops", "main"]
+__all__ = ["Framing", "framings_for_face", "crop_keypoints", "make_photo_crops", "main"]
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,21 @@ def _crop(img: Any, f: Framing, size: int) -> Any:
     return region.resize((size, size), Image.Resampling.LANCZOS, box=box)
 
 
+def crop_keypoints(points: dict[str, Any], framing: Framing, size: int) -> dict[str, list[float]]:
+    """Photo keypoints ``{name: [x, y]}`` (pixel centres) in pixels of a ``size`` crop of ``framing``.
+
+    A photo point ``p`` (edge coordinate ``p + 0.5``) lands at ``(p + 0.5 - left) * size / side - 0.5``;
+    points outside the crop are left out.
+    """
+    out = {}
+    k = size / framing.side
+    for name, xy in points.items():
+        x, y = ((float(xy[0]) + 0.5 - framing.left) * k - 0.5, (float(xy[1]) + 0.5 - framing.top) * k - 0.5)
+        if -0.5 <= x <= size - 0.5 and -0.5 <= y <= size - 0.5:
+            out[name] = [round(x, 2), round(y, 2)]
+    return out
+
+
 def make_photo_crops(
     photos: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -134,6 +150,7 @@ def make_photo_crops(
     species: Sequence[str] | None = None,
     seed: int = 0,
     quality: int = 92,
+    keypoints: bool = False,
 ) -> Path:
     """Write ``framings`` crops of every usable face box of ``photos`` into ``out``, with ``index.csv``.
 
@@ -152,6 +169,9 @@ def make_photo_crops(
         species: Keep only these species (default: all).
         seed: Seed of the framings.
         quality: JPEG quality.
+        keypoints: Also write each face's annotated keypoints as a ``keypoints``
+            column: JSON ``{name: [x, y]}`` in pixels of the written crop
+            (integer = pixel centre), ``{}`` for a face without keypoints.
 
     Returns:
         The path of ``index.csv``.
@@ -201,18 +221,19 @@ def make_photo_crops(
                 _crop(img, fr, size).save(buf, format="JPEG", quality=quality)
                 with atomic_write(dst / name, "wb") as fh:
                     fh.write(buf.getvalue())
-                rows.append(
-                    {
-                        "image": name,
-                        "species": sp,
-                        "photo": rec["image"],
-                        "face": f_i,
-                        "framing": k,
-                        "scale": round(fr.scale, 4),
-                        "dx": round(fr.dx, 4),
-                        "dy": round(fr.dy, 4),
-                    }
-                )
+                row = {
+                    "image": name,
+                    "species": sp,
+                    "photo": rec["image"],
+                    "face": f_i,
+                    "framing": k,
+                    "scale": round(fr.scale, 4),
+                    "dx": round(fr.dx, 4),
+                    "dy": round(fr.dy, 4),
+                }
+                if keypoints:
+                    row["keypoints"] = json.dumps(crop_keypoints(kps, fr, size), separators=(",", ":"))
+                rows.append(row)
     if not rows:
         raise InputError(f"no face box of '{src}' passed the filters (min_side={min_side}, max_outside={max_outside})")
     index = dst / "index.csv"
@@ -235,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--min-side", type=float, default=64.0)
     ap.add_argument("--max-outside", type=float, default=0.4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keypoints", action="store_true", help="write the faces' keypoints (a landmark-loss source)")
     args = ap.parse_args(argv)
     try:
         index = make_photo_crops(
@@ -247,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             min_side=args.min_side,
             max_outside=args.max_outside,
             seed=args.seed,
+            keypoints=args.keypoints,
         )
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

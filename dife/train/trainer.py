@@ -30,7 +30,11 @@ Each step ([Trainer.train_step][dife.train.trainer.Trainer.train_step]):
      species in ``m1``, other species in ``m2`` -- with the identity
      correspondence under the two views' warps (the pair has the source's
      pose); for real photos, ``m1`` also matches the two warps of each photo
-     and ``m2`` adds the DVE exchange loss through the auxiliary species.
+     and ``m2`` adds the DVE exchange loss through the auxiliary species;
+   * after ``warmup_steps``, ``kp`` (``landmarks.folder`` set, weight
+     ``landmarks.weight``): pairs of labelled training crops of two species
+     ([dife.train.landmarks][dife.train.landmarks]) embedded with the batch and matched on their keypoints
+     ([keypoint_matching_loss][dife.train.losses.keypoint_matching_loss], both directions).
 5. Adam step (optional gradient clipping), then the moving average of the
    weights (``optim.ema``), if on: that average is what is validated and saved.
 
@@ -322,6 +326,16 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(_seed_for(cfg.seed, self.ctx.rank))
         self.size = cfg.model.input_size
 
+        # ---- labelled landmarks of training photos (optional)
+        self.landmarks: Any = None
+        if cfg.landmarks.folder:
+            from dife.train.landmarks import LandmarkCrops
+
+            lm = cfg.landmarks
+            self.landmarks = LandmarkCrops(
+                os.path.expandvars(os.path.expanduser(lm.folder)), lm.names, index=lm.index, size=self.size
+            )
+
         # ---- teachers
         self.generators: dict[str, Any] = {}
         unknown = sorted(set(generators) - set(cfg.synthetic_species))
@@ -584,6 +598,12 @@ class Trainer:
             for r in s.extra_real:
                 srcs.append(f"photos from `{r.folder}`" + (f" ({r.index})" if r.index else ""))
             notes.append(f"{name}: {' + '.join(srcs)}")
+        if self.landmarks is not None:
+            lm = cfg.landmarks
+            notes.append(
+                f"landmarks: {lm.pairs} crop pairs per step from `{lm.folder}` ({len(self.landmarks.usable)} crops "
+                f"with keypoints {', '.join(lm.names)}), weight {lm.weight:g}"
+            )
         return notes
 
     def _init_from(self, name: str) -> None:
@@ -782,6 +802,21 @@ class Trainer:
                     cache[keys[i]] = m.cpu()
         return torch.stack([fresh[i] if i in fresh else cache[k].to(self.device) for i, k in enumerate(keys)])
 
+    def _landmark_batch(self) -> dict[str, Any] | None:
+        """``landmarks.pairs`` crop pairs: images ``a``, ``b`` (P, 3, S, S) and keypoints ``pa``, ``pb`` (P, K, 2)."""
+        lm = self.config.landmarks
+        if self.landmarks is None or lm.weight <= 0:
+            return None
+        from dife.train.landmarks import sample_pairs
+
+        pairs = sample_pairs(self.landmarks, lm.pairs, self.gen, cross_species=lm.cross_species)
+        out: dict[str, Any] = {}
+        for side, col in (("a", 0), ("b", 1)):
+            loaded = [self.landmarks.load(p[col]) for p in pairs]
+            out[side] = torch.stack([img for img, _ in loaded]).to(self.device)
+            out["p" + side] = torch.stack([pts for _, pts in loaded]).to(self.device)
+        return out
+
     def train_step(self) -> dict[str, float]:
         """One optimiser step at ``self.step`` (the caller advances the counter).
 
@@ -793,7 +828,13 @@ class Trainer:
         """
         from dife.train.augment import inside_mask, warp_images
         from dife.train.data import pair_batch
-        from dife.train.losses import distillation_loss, dve_exchange_loss, matching_loss, total_loss
+        from dife.train.losses import (
+            distillation_loss,
+            dve_exchange_loss,
+            keypoint_matching_loss,
+            matching_loss,
+            total_loss,
+        )
 
         cfg = self.config
         lcfg = cfg.loss
@@ -838,6 +879,8 @@ class Trainer:
         use_real_matching = matching and bool(real_rows) and (lcfg.warp_matching or lcfg.dve)
         pseudo = self._pseudo_views() if matching and self.pair_keys else []
 
+        lm_batch = self._landmark_batch() if matching else None
+
         inputs = [views["image_a"]]
         if use_real_matching:
             real_idx = torch.tensor(real_rows, dtype=torch.long, device=self.device)
@@ -847,6 +890,10 @@ class Trainer:
             inputs += [pv["a"], pv["b"]]
             pv["offset"] = offset
             offset += 2 * int(pv["a"].shape[0])
+        if lm_batch is not None:
+            inputs += [lm_batch["a"], lm_batch["b"]]
+            lm_batch["offset"] = offset
+            offset += 2 * int(lm_batch["a"].shape[0])
         x = torch.cat(inputs)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -922,6 +969,15 @@ class Trainer:
             )
             loss = matching_loss(e_src, e_pair, grid1_to_2=grid, valid=valid, **opts)
             (m1 if pv["key"][0] == pv["key"][1] else m2).append(loss)
+        if lm_batch is not None:
+            k, o = int(lm_batch["a"].shape[0]), lm_batch["offset"]
+            e_la, e_lb = e[o : o + k], e[o + k : o + 2 * k]
+            kp_opts = {"temperature": lcfg.temperature, "normalize": lcfg.normalize}
+            terms["kp"] = 0.5 * (
+                keypoint_matching_loss(e_la, e_lb, lm_batch["pa"], lm_batch["pb"], **kp_opts)
+                + keypoint_matching_loss(e_lb, e_la, lm_batch["pb"], lm_batch["pa"], **kp_opts)
+            )
+            weights["kp"] = cfg.landmarks.weight
         if m1:
             terms["m1"] = reduce_domains(m1)
         if m2:
