@@ -2,7 +2,7 @@
 
 Run from the repository root (the lead runs the full benchmark; it takes minutes)::
 
-    python benchmarks/accuracy.py                                   # dife-base, dife-base-v1, identity, imagenet-nn; 100 pairs / group
+    python benchmarks/accuracy.py     # dife-base, dife-base-v2, dife-base-v1, identity, imagenet-nn; 100 pairs / group
     python benchmarks/accuracy.py --methods identity --pairs 5 --out /tmp/acc   # a smoke test
 
 It runs the evaluation of ``dife eval`` (``dife.eval.run_eval``: fixed-seed
@@ -42,7 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = "../shared/data/faces"
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
-DEFAULT_METHODS = ("dife-base", "dife-base-v1", "identity", "imagenet-nn")
+DEFAULT_METHODS = ("dife-base", "dife-base-v2", "dife-base-v1", "identity", "imagenet-nn")
 NAME = "accuracy_dev"
 
 #: Bar colours (RGB), one per method in order.

@@ -17,7 +17,7 @@ This module imports no torch; models are built by [dife.hub.from_pretrained][dif
 Example:
     >>> import dife
     >>> dife.list_models()  # doctest: +SKIP
-    ['dife-base', 'dife-base-v1', 'dife-official-human-dog', 'dife-official-human-dog-cat', 'dife-untrained']
+    ['dife-base', 'dife-base-v1', 'dife-base-v2', 'dife-official-human-dog', 'dife-official-human-dog-cat', 'dife-untrained']
 """
 
 from __future__ import annotations
@@ -124,11 +124,23 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry(
             name="dife-base",
             description=(
-                "The default (v2): a 0.49 M-parameter DIFE encoder trained by the dife project on real face photos "
-                "of six species (recipe dife_base; no converters; non-commercial research terms)"
+                "The default (v3): a 0.49 M-parameter DIFE encoder trained by the dife project on real face photos "
+                "of six species, with the eyes and nose of its training photos as a sparse signal (recipe dife_base; "
+                "no converters; non-commercial research terms)"
             ),
             source="package",
             path="dife-base",
+            domains=(),
+        ),
+        ModelEntry(
+            name="dife-base-v2",
+            description=(
+                "The second default (v2, replaced by dife-base v3): a 0.49 M-parameter DIFE encoder, recipe "
+                "dife_base v2 (EfficientNet-Lite0 and MobileNetV2 teachers, no keypoints, 2000 steps); "
+                "non-commercial research terms"
+            ),
+            source="package",
+            path="dife-base-v2",
             domains=(),
         ),
         ModelEntry(

