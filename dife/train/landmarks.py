@@ -82,6 +82,7 @@ class LandmarkCrops:
             raise InputError(f"'{path}': no crop has two of the keypoints {list(self.names)} labelled")
         self.usable = np.flatnonzero(usable)
         self.size = int(size)
+        self._sides: dict[int, tuple[int, int]] = {}  # (width, height) of each crop file, read once
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -89,11 +90,12 @@ class LandmarkCrops:
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Crop ``index``: ``(image (3, S, S) in [-1, 1], points (K, 2) in S-grid pixels, NaN if unlabelled)``."""
         image = self.images.load(index)
-        from PIL import Image
+        if index not in self._sides:
+            from PIL import Image
 
-        with Image.open(self.images.paths[index]) as im:
-            w, h = im.size
-        t = square_crop(w, h, self.size)
+            with Image.open(self.images.paths[index]) as im:  # the header only
+                self._sides[index] = im.size
+        t = square_crop(*self._sides[index], self.size)
         grid = t.to_grid(self.points[index].astype(np.float64))
         return image, torch.as_tensor(grid, dtype=torch.float32)
 
