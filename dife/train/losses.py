@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from dife.checks import check_positive_int
+from dife.coords import grid_to_normalized
 from dife.errors import InputError, ShapeError
 
 __all__ = [
@@ -418,7 +419,7 @@ def keypoint_matching_loss(
         return e1.sum() * 0.0
     p1 = torch.where(ok[..., None], points1, torch.zeros_like(points1)).to(e1.dtype)
     # bilinear descriptors at the points: grid_sample's [-1, 1] (align_corners=False) from pixel centres
-    norm = torch.stack([(p1[..., 0] + 0.5) * (2.0 / w) - 1.0, (p1[..., 1] + 0.5) * (2.0 / h) - 1.0], dim=-1)
+    norm = torch.stack([grid_to_normalized(p1[..., 0], w), grid_to_normalized(p1[..., 1], h)], dim=-1)
     q = F.grid_sample(F.normalize(e1, dim=1), norm[:, :, None], mode="bilinear", align_corners=False)[..., 0]
     q = F.normalize(q.transpose(1, 2), dim=-1)  # (B, K, C)
     h2, w2 = int(e2.shape[-2]), int(e2.shape[-1])

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from dife.coords import CropTransform
 from dife.errors import InputError
 
 __all__ = ["Framing", "framings_for_face", "crop_keypoints", "make_photo_crops", "main"]
@@ -122,17 +123,15 @@ def _crop(img: Any, f: Framing, size: int) -> Any:
     return region.resize((size, size), Image.Resampling.LANCZOS, box=box)
 
 
-def crop_keypoints(points: dict[str, Any], framing: Framing, size: int) -> dict[str, list[float]]:
-    """Photo keypoints ``{name: [x, y]}`` (pixel centres) in pixels of a ``size`` crop of ``framing``.
-
-    A photo point ``p`` (edge coordinate ``p + 0.5``) lands at ``(p + 0.5 - left) * size / side - 0.5``;
+def crop_keypoints(points: dict[str, Any], crop: CropTransform) -> dict[str, list[float]]:
+    """Photo keypoints ``{name: [x, y]}`` (pixel centres) in pixels of the written crop ``crop``
+    ([CropTransform.to_grid][dife.coords.CropTransform.to_grid], the crop's side being ``crop.size``);
     points outside the crop are left out.
     """
     out = {}
-    k = size / framing.side
     for name, xy in points.items():
-        x, y = ((float(xy[0]) + 0.5 - framing.left) * k - 0.5, (float(xy[1]) + 0.5 - framing.top) * k - 0.5)
-        if -0.5 <= x <= size - 0.5 and -0.5 <= y <= size - 0.5:
+        x, y = (float(v) for v in crop.to_grid(np.asarray(xy, dtype=np.float64)))
+        if -0.5 <= x <= crop.size - 0.5 and -0.5 <= y <= crop.size - 0.5:
             out[name] = [round(x, 2), round(y, 2)]
     return out
 
@@ -232,7 +231,8 @@ def make_photo_crops(
                     "dy": round(fr.dy, 4),
                 }
                 if keypoints:
-                    row["keypoints"] = json.dumps(crop_keypoints(kps, fr, size), separators=(",", ":"))
+                    crop = CropTransform(fr.left, fr.top, fr.side, size, img.width, img.height)
+                    row["keypoints"] = json.dumps(crop_keypoints(kps, crop), separators=(",", ":"))
                 rows.append(row)
     if not rows:
         raise InputError(f"no face box of '{src}' passed the filters (min_side={min_side}, max_outside={max_outside})")

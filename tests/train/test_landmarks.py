@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from dife.coords import CropTransform
 from dife.errors import InputError, ModelNotFoundError, ShapeError
 from dife.train.landmarks import LandmarkCrops, sample_pairs
 from dife.train.losses import keypoint_matching_loss
-from dife.train.photo_crops import Framing, crop_keypoints, make_photo_crops
+from dife.train.photo_crops import crop_keypoints, make_photo_crops
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,8 +50,8 @@ def landmark_folder(tmp_path: Path) -> Path:
 
 # ------------------------------------------------------------------ crops with keypoints
 def test_crop_keypoints_maps_pixel_centres_and_drops_points_outside() -> None:
-    f = Framing(left=10.0, top=20.0, side=50.0, scale=1.0, dx=0.0, dy=0.0)
-    got = crop_keypoints({"a": [9.5, 19.5], "b": [34.5, 44.5], "c": [5, 30], "d": [59.4, 69.4]}, f, 100)
+    crop = CropTransform(left=10.0, top=20.0, side=50.0, size=100, width=80, height=90)
+    got = crop_keypoints({"a": [9.5, 19.5], "b": [34.5, 44.5], "c": [5, 30], "d": [59.4, 69.4]}, crop)
     # edge 10 -> -0.5; the centre of the box -> 49.5; x = 5 lies outside; 59.4 + 0.5 = 59.9 -> 99.3
     assert got == {"a": [-0.5, -0.5], "b": [49.5, 49.5], "d": [99.3, 99.3]}
 
